@@ -1,0 +1,132 @@
+"""Per-day on-disk cache of :class:`DayData` arrays (``.npy``, memory-mapped on load).
+
+A raw day is converted once.  The cache folder's name is a hash of the source files' identity
+(path relative to the root, size, modification time) and of every setting that shapes the arrays
+(spec groups and label constants, time zone, history length, missing-positive index, format
+version), so a changed source or setting builds a new entry and the stale one is removed.
+Entries are written to a temporary folder and renamed into place: an interrupted build never
+leaves a half-written entry that a later run would trust.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ..cascade import CascadeSpec
+from . import layout
+from .errors import DataError
+from .recflow import HISTORY_LEN, MISSING_POSITIVE_INDEX, DayData, build_day_arrays
+from .timefeat import DEFAULT_TZ
+
+log = logging.getLogger("deep_components.data")
+
+CACHE_FORMAT_VERSION = 1
+CACHE_DIRNAME = ".lcron_cache"
+META = "meta.json"
+
+
+def default_cache_dir(root: str | os.PathLike) -> Path:
+    """``$LCRON_CACHE_DIR`` if set, else ``<root>/.lcron_cache``."""
+    env = os.environ.get("LCRON_CACHE_DIR")
+    return Path(env) if env else Path(root) / CACHE_DIRNAME
+
+
+def source_files(root: Path, date: str) -> list[Path]:
+    return [layout.table_path(root, layout.ALL_STAGE, date),
+            layout.pickle_path(root, layout.REQUEST_DICT_DIR, date),
+            layout.pickle_path(root, layout.HISTORY_DIR, date),
+            root / layout.ID_COUNT_FILE]
+
+
+def cache_key(root: Path, date: str, spec: CascadeSpec, *, tz: str, history_len: int,
+              missing_index: int) -> str:
+    """Hex digest of the sources' identity and every array-shaping setting."""
+    files = []
+    for p in source_files(root, date):
+        try:
+            st = p.stat()
+        except FileNotFoundError:
+            raise DataError(f"{p}: file not found") from None
+        files.append([str(p.relative_to(root)), st.st_size, st.st_mtime_ns])
+    ident = {"version": CACHE_FORMAT_VERSION, "date": date, "spec": spec.fingerprint(), "tz": tz,
+             "history_len": history_len, "missing_index": missing_index, "files": files}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def load_day(root: str | os.PathLike, date: str, spec: CascadeSpec, tz: str = DEFAULT_TZ, *,
+             cache_dir: str | os.PathLike | None = None, use_cache: bool = True,
+             history_len: int = HISTORY_LEN,
+             missing_index: int = MISSING_POSITIVE_INDEX) -> DayData:
+    """One RecFlow day as :class:`DayData` (memory-mapped from the cache; built on first use).
+
+    ``root`` is a RecFlow-layout folder, ``date`` ``YYYY-MM-DD``, ``spec`` the cascade setting,
+    ``tz`` the zone of the calendar features.  Raises :class:`DataError` on bad input.
+    """
+    root = layout.check_root(root)
+    if not use_cache:
+        return build_day_arrays(root, date, spec, tz=tz, history_len=history_len,
+                                missing_index=missing_index)
+    key = cache_key(root, date, spec, tz=tz, history_len=history_len, missing_index=missing_index)
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir(root)
+    day_dir = base / spec.name / date
+    entry = day_dir / key
+    day = _read_entry(entry, date, spec)
+    if day is not None:
+        return day
+    t0 = time.perf_counter()
+    day = build_day_arrays(root, date, spec, tz=tz, history_len=history_len,
+                           missing_index=missing_index)
+    day.stats["build_seconds"] = round(time.perf_counter() - t0, 3)
+    _write_entry(day_dir, key, day)
+    log.info("cached %s %s (%d requests) in %.1fs -> %s", spec.name, date, day.num_requests,
+             day.stats["build_seconds"], entry)
+    return _read_entry(entry, date, spec) or day
+
+
+def _read_entry(entry: Path, date: str, spec: CascadeSpec) -> DayData | None:
+    meta_path = entry / META
+    if not meta_path.is_file():
+        return None
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        arrays = {k: np.load(entry / f"{k}.npy", mmap_mode="r") for k in DayData.ARRAYS}
+    except (OSError, ValueError) as e:
+        log.warning("ignoring unreadable cache entry %s (%s); rebuilding", entry, e)
+        return None
+    return DayData(date=date, spec_name=spec.name, stats=meta.get("stats", {}), **arrays)
+
+
+def _write_entry(day_dir: Path, key: str, day: DayData) -> None:
+    try:
+        day_dir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=day_dir))
+    except OSError as e:
+        raise DataError(f"{day_dir}: cannot create the data cache here ({e.strerror}); set "
+                        "LCRON_CACHE_DIR or --cache_dir to a writable folder") from None
+    try:
+        for k, v in day.arrays().items():
+            np.save(tmp / f"{k}.npy", np.ascontiguousarray(v))
+        with open(tmp / META, "w") as f:
+            json.dump({"date": day.date, "spec": day.spec_name, "stats": day.stats,
+                       "shapes": {k: list(v.shape) for k, v in day.arrays().items()}}, f, indent=1)
+        final = day_dir / key
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another process built the same entry first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(f"{day_dir}: cannot write the data cache ({e.strerror}); set "
+                        "LCRON_CACHE_DIR or --cache_dir to a writable folder") from None
+    for stale in day_dir.iterdir():  # entries of older sources/settings
+        if stale.name != key and not stale.name.startswith(".tmp-"):
+            shutil.rmtree(stale, ignore_errors=True)

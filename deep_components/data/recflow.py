@@ -1,0 +1,369 @@
+"""Read one RecFlow day into compact per-request arrays (RECFLOW_FORMAT.md, "One training example").
+
+Everything is vectorised with numpy/pyarrow: request-level features come from the first row of
+each request, positive indices from a sorted-key look-up of ``(request_id, video_id)``, calendar
+features from integer arithmetic.  The only per-request Python is walking the unpickled dicts
+once to collect their arrays, which the pickle format itself imposes.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+
+from ..cascade import LABEL_BASE, CascadeSpec
+from . import layout
+from .errors import DataError
+from .safe_pickle import safe_load_pickle
+from .timefeat import DEFAULT_TZ, calendar_features
+
+log = logging.getLogger("deep_components.data")
+
+HISTORY_LEN = 50
+#: Index given to a positive video with no matching positive row in all_stage (label 30 - 21 = 9:
+#: still above every negative label 5..8, below every found positive).  Counted in the stats.
+MISSING_POSITIVE_INDEX = 21
+#: category_level_one is stored unshifted; its padding index in candidate slots is 2.
+CATE1_PAD = 2
+
+ID_FIELDS = ("user_id", "device_id", "age", "gender", "province", "video_id", "author_id",
+             "category_level_one", "category_level_two", "upload_type")
+REQUEST_COLUMNS = ("request_id", "request_timestamp", "user_id", "device_id", "gender", "age",
+                   "province")
+COLUMN_ALIASES = {"video_id": ("video_id", "photo_id")}
+# Column layout of a request_id_dict stage array [n, 8].
+RD_VIDEO, RD_AUTHOR, RD_DURATION, RD_CATE2, RD_UTYPE, RD_UPLOAD_TS, RD_CATE1, RD_EFFECTIVE = range(8)
+# Column layout of a seq_effective_50_dict history array [50, 10].
+H_VIDEO, H_AUTHOR, H_CATE2, H_CATE1, H_UTYPE, H_UPLOAD_TS, H_DURATION, H_REQ_TS, H_PLAY, H_REQ_ID = range(10)
+
+
+@dataclass
+class DayData:
+    """One day's requests as arrays, rows in ascending ``request_id``.
+
+    request_id   [R]        int64
+    context      [R, 8]     int32  weekday, hour, minute, user+1, device+1, gender+1, age+1, province+1
+    history      [R, H, 5]  int32  video+1, author+1, cate2+1, cate1 (raw), upload_type+1; 0 rows padded
+    history_mask [R, H]     bool   valid history rows (a suffix: histories are left-padded)
+    items        [R, N, 8]  int32  video+1, author+1, cate2+1, cate1, utype+1, upload wday, hour, minute
+    item_mask    [R, N]     bool   real candidates (each group filled from its start)
+    labels       [R, N]     int16  30 - index on valid slots, 0 on padded slots
+    """
+
+    date: str
+    spec_name: str
+    request_id: np.ndarray
+    context: np.ndarray
+    history: np.ndarray
+    history_mask: np.ndarray
+    items: np.ndarray
+    item_mask: np.ndarray
+    labels: np.ndarray
+    stats: dict = field(default_factory=dict)
+
+    ARRAYS = ("request_id", "context", "history", "history_mask", "items", "item_mask", "labels")
+
+    @property
+    def num_requests(self) -> int:
+        return int(self.request_id.shape[0])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in self.ARRAYS}
+
+    def in_memory(self) -> "DayData":
+        """A copy with every array loaded into RAM (memory-mapped arrays are read once)."""
+        return DayData(self.date, self.spec_name, stats=dict(self.stats),
+                       **{k: np.ascontiguousarray(v) for k, v in self.arrays().items()})
+
+
+# --------------------------------------------------------------------------------------------
+# id counts
+
+
+def read_id_counts(root: str | os.PathLike) -> dict[str, int]:
+    """``others/id_cnt.pkl`` with keys stripped of whitespace and ``photo_id`` read as ``video_id``."""
+    path = Path(root) / layout.ID_COUNT_FILE
+    raw = safe_load_pickle(path)
+    if not isinstance(raw, Mapping):
+        raise DataError(f"{path}: expected a dict of id counts, found {type(raw).__name__}")
+    out: dict[str, int] = {}
+    for k, v in raw.items():
+        key = str(k).strip()
+        if key == "photo_id":
+            key = "video_id"
+        try:
+            out[key] = int(v)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: id count of {key!r} is not an integer ({v!r})") from None
+    missing = [k for k in ID_FIELDS if k not in out]
+    if missing:
+        raise DataError(f"{path}: missing id counts for {missing} (found keys {sorted(out)})")
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+def read_columns(path: Path, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """Read only ``wanted`` integer columns of a Feather/Parquet file as int64 numpy arrays.
+
+    Column names are matched after stripping whitespace; ``photo_id`` is accepted for
+    ``video_id``.  Any failure is a :class:`DataError` naming ``path``.
+    """
+    import pyarrow as pa
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    try:
+        if path.suffix == ".parquet":
+            names = pq.read_schema(path).names
+        else:
+            with pa.memory_map(str(path)) as src:
+                names = pa.ipc.open_file(src).schema.names
+    except Exception as e:
+        raise DataError(f"{path}: cannot read table schema; corrupt or truncated file? "
+                        f"({type(e).__name__}: {e})") from None
+    by_stripped: dict[str, str] = {}
+    for n in names:
+        by_stripped.setdefault(n.strip(), n)
+    actual: dict[str, str] = {}
+    for col in wanted:
+        for alias in COLUMN_ALIASES.get(col, (col,)):
+            if alias in by_stripped:
+                actual[col] = by_stripped[alias]
+                break
+        else:
+            raise DataError(f"{path}: missing column {col!r} (columns present: "
+                            f"{sorted(by_stripped)})")
+    try:
+        cols = list(dict.fromkeys(actual.values()))
+        if path.suffix == ".parquet":
+            table = pq.read_table(path, columns=cols)
+        else:
+            table = feather.read_table(str(path), columns=cols, memory_map=True)
+    except Exception as e:
+        raise DataError(f"{path}: cannot read columns {cols}; corrupt or truncated file? "
+                        f"({type(e).__name__}: {e})") from None
+    out = {}
+    for col, name in actual.items():
+        arr = table.column(name)
+        if arr.null_count:
+            raise DataError(f"{path}: column {col!r} has {arr.null_count} missing values "
+                            "(expected int64, no nulls)")
+        if not (pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type)):
+            raise DataError(f"{path}: column {col!r} has type {arr.type}, expected an integer type")
+        out[col] = arr.to_numpy().astype(np.int64, copy=False)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# ragged per-request arrays from the pickles
+
+
+def _first_rows(arrays: list[Any], width: int, k: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stack the first ``k`` rows of each request's ``[n, width]`` array.
+
+    ``arrays`` holds one entry per request: an array (2-D, or 1-D for a one-row array), or None
+    for a missing/empty stage.  Returns (rows [R, k, width] int64 zero-padded, counts [R]).
+    """
+    R = len(arrays)
+    fixed = []
+    lengths = np.zeros(R, dtype=np.int64)
+    for i, a in enumerate(arrays):  # one pass over the unpickled objects; no per-row work
+        if a is None:
+            continue
+        a = np.asarray(a)
+        if a.size == 0:
+            continue
+        if a.ndim == 1:
+            a = a.reshape(1, -1)
+        if a.ndim != 2 or a.shape[1] != width:
+            raise DataError(f"{where}: expected arrays of shape [n, {width}], found {a.shape} "
+                            f"(request #{i} of the day)")
+        if not np.issubdtype(a.dtype, np.integer):
+            raise DataError(f"{where}: expected integer arrays, found dtype {a.dtype} "
+                            f"(request #{i} of the day)")
+        a = a[:k]
+        lengths[i] = a.shape[0]
+        fixed.append(a)
+    out = np.zeros((R, k, width), dtype=np.int64)
+    if fixed:
+        flat = np.concatenate(fixed, axis=0).astype(np.int64, copy=False)
+        req = np.repeat(np.arange(R), lengths)
+        start = np.cumsum(lengths) - lengths
+        pos = np.arange(flat.shape[0]) - np.repeat(start, lengths)
+        out[req, pos] = flat
+    return out, lengths
+
+
+def _lookup(d: Mapping, rid_list: list[int], path: Path) -> list[Any]:
+    """``[d[r] for r in rid_list]``, with a clear error for a request absent from the pickle.
+
+    ``get`` never calls a defaultdict's factory, so absent keys are reported, not invented.
+    """
+    absent = object()
+    values = [d.get(r, absent) for r in rid_list]
+    for r, v in zip(rid_list, values):
+        if v is absent:
+            raise DataError(f"{path}: request {r} of all_stage is missing from this pickle "
+                            "(every request of the day must be a key of both pickles)")
+    return values
+
+
+def _check_range(name: str, values: np.ndarray, valid: np.ndarray | None, upper: int,
+                 where: str) -> None:
+    """Raise unless ``0 <= values < upper`` on valid entries."""
+    v = values if valid is None else values[valid]
+    if v.size == 0:
+        return
+    lo, hi = int(v.min()), int(v.max())
+    if lo < 0 or hi >= upper:
+        bad = lo if lo < 0 else hi
+        raise DataError(f"{where}: {name} {bad} outside [0, {upper}) given by "
+                        f"{layout.ID_COUNT_FILE} ({name}: {upper})")
+
+
+# --------------------------------------------------------------------------------------------
+# the day
+
+
+def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
+                     tz: str = DEFAULT_TZ, history_len: int = HISTORY_LEN,
+                     missing_index: int = MISSING_POSITIVE_INDEX) -> DayData:
+    """Read one raw day of ``root`` and build its arrays (no cache; see :func:`load_day`)."""
+    root = layout.check_root(root)
+    if not 1 <= history_len <= HISTORY_LEN:
+        raise ValueError(f"history_len must be in 1..{HISTORY_LEN}, got {history_len}")
+    ap = layout.table_path(root, layout.ALL_STAGE, date)
+    rp = layout.pickle_path(root, layout.REQUEST_DICT_DIR, date)
+    hp = layout.pickle_path(root, layout.HISTORY_DIR, date)
+    counts = read_id_counts(root)
+    idp = str(root / layout.ID_COUNT_FILE)
+
+    # ---- request-level features: first row of each request -------------------------------
+    pos_flag = spec.positive_group
+    cols = read_columns(ap, REQUEST_COLUMNS + ("video_id", pos_flag, spec.index_column))
+    rid_all = cols["request_id"]
+    if rid_all.size == 0:
+        raise DataError(f"{ap}: no rows (empty day {date})")
+    request_id, first = np.unique(rid_all, return_index=True)
+    R = request_id.shape[0]
+    context = np.zeros((R, 8), dtype=np.int32)
+    context[:, :3] = calendar_features(cols["request_timestamp"][first] // 1000, tz)
+    for j, name in enumerate(("user_id", "device_id", "gender", "age", "province")):
+        v = cols[name][first]
+        _check_range(name, v, None, counts[name], f"{ap}")
+        context[:, 3 + j] = v + 1
+
+    # ---- positive index look-up on sorted (request_id, video_id) keys ----------------------
+    is_pos = cols[pos_flag] == 1
+    vid_span = max(int(counts["video_id"]), int(cols["video_id"].max(initial=0)) + 1) + 1
+    pos_keys = rid_all[is_pos] * vid_span + cols["video_id"][is_pos]
+    pos_index = cols[spec.index_column][is_pos]
+    order = np.argsort(pos_keys, kind="stable")
+    pos_keys, pos_index = pos_keys[order], pos_index[order]
+    del cols, rid_all
+
+    # ---- candidate groups from request_id_dict --------------------------------------------
+    rd = safe_load_pickle(rp)
+    if not isinstance(rd, Mapping):
+        raise DataError(f"{rp}: expected a dict request_id -> stage dict, found {type(rd).__name__}")
+    rid_list = request_id.tolist()
+    per_request = _lookup(rd, rid_list, rp)
+    del rd
+    G, K = spec.num_groups, spec.group_size
+    N = spec.num_slots
+    items = np.zeros((R, N, 8), dtype=np.int32)
+    items[:, :, 3] = CATE1_PAD
+    item_mask = np.zeros((R, N), dtype=bool)
+    labels = np.zeros((R, N), dtype=np.int16)
+    stats: dict[str, Any] = {"requests": int(R), "missing_positive": 0, "tz": tz}
+    for g, group in enumerate(spec.groups):
+        stage_arrays = [(s.get(group) if isinstance(s, Mapping) else _bad_stage(rp, s))
+                        for s in per_request]
+        rows, n = _first_rows(stage_arrays, 8, K, f"{rp} [{group}]")
+        valid = np.arange(K)[None, :] < n[:, None]  # [R, K]
+        where = f"{rp} [{group}]"
+        for name, c in (("video_id", RD_VIDEO), ("author_id", RD_AUTHOR),
+                        ("category_level_two", RD_CATE2), ("upload_type", RD_UTYPE)):
+            _check_range(name, rows[..., c], valid, counts[name], where)
+        _check_range("category_level_one", rows[..., RD_CATE1], valid,
+                     counts["category_level_one"] + 2, where)
+        sl = spec.group_slice(group)
+        blk = np.zeros((R, K, 8), dtype=np.int64)
+        blk[..., 0] = rows[..., RD_VIDEO] + 1
+        blk[..., 1] = rows[..., RD_AUTHOR] + 1
+        blk[..., 2] = rows[..., RD_CATE2] + 1
+        blk[..., 3] = rows[..., RD_CATE1]
+        blk[..., 4] = rows[..., RD_UTYPE] + 1
+        if valid.any():
+            blk[valid, 5:8] = calendar_features(rows[..., RD_UPLOAD_TS][valid], tz)
+        blk[~valid] = 0
+        blk[~valid, 3] = CATE1_PAD
+        items[:, sl] = blk
+        item_mask[:, sl] = valid
+        if g == 0:
+            keys = request_id[:, None] * vid_span + rows[..., RD_VIDEO]
+            if pos_keys.size:
+                at = np.minimum(np.searchsorted(pos_keys, keys), pos_keys.size - 1)
+                found = pos_keys[at] == keys
+                idx = np.where(found, pos_index[at], missing_index)
+            else:
+                found = np.zeros_like(valid)
+                idx = np.full(keys.shape, missing_index, dtype=np.int64)
+            stats["missing_positive"] = int((valid & ~found).sum())
+            lab = LABEL_BASE - idx
+        else:
+            lab = np.full((R, K), LABEL_BASE - spec.negative_index[group], dtype=np.int64)
+        labels[:, sl] = np.where(valid, lab, 0)
+    del per_request
+    if stats["missing_positive"]:
+        log.warning("%s: %d positive %s videos have no %s row in %s; they get index %d (label %d)",
+                    date, stats["missing_positive"], spec.positive_group, spec.positive_group, ap,
+                    missing_index, LABEL_BASE - missing_index)
+
+    # ---- histories from seq_effective_50_dict ---------------------------------------------
+    hd = safe_load_pickle(hp)
+    if not isinstance(hd, Mapping):
+        raise DataError(f"{hp}: expected a dict request_id -> [50, 10] array, found "
+                        f"{type(hd).__name__}")
+    hist_list = _lookup(hd, rid_list, hp)
+    del hd
+    try:
+        raw = np.stack(hist_list).astype(np.int64, copy=False)
+    except ValueError:
+        shapes = {np.shape(h) for h in hist_list}
+        raise DataError(f"{hp}: expected every history to be an array of shape "
+                        f"[{HISTORY_LEN}, 10], found shapes {sorted(shapes)[:5]}") from None
+    if raw.ndim != 3 or raw.shape[1] != HISTORY_LEN or raw.shape[2] < 8:
+        raise DataError(f"{hp}: expected histories of shape [{HISTORY_LEN}, 10], found "
+                        f"{raw.shape[1:]}")
+    if not np.issubdtype(raw.dtype, np.integer):
+        raise DataError(f"{hp}: expected integer histories, found dtype {raw.dtype}")
+    raw = raw[:, HISTORY_LEN - history_len:]
+    hmask = raw[..., H_REQ_TS] > 0
+    for name, c in (("video_id", H_VIDEO), ("author_id", H_AUTHOR),
+                    ("category_level_two", H_CATE2), ("upload_type", H_UTYPE)):
+        _check_range(name, raw[..., c], hmask, counts[name], str(hp))
+    _check_range("category_level_one", raw[..., H_CATE1], hmask, counts["category_level_one"] + 2,
+                 str(hp))
+    history = np.zeros((R, history_len, 5), dtype=np.int32)
+    for j, (c, shift) in enumerate(((H_VIDEO, 1), (H_AUTHOR, 1), (H_CATE2, 1), (H_CATE1, 0),
+                                    (H_UTYPE, 1))):
+        history[..., j] = np.where(hmask, raw[..., c] + shift, 0)
+    del raw, hist_list
+    stats["empty_history"] = int((~hmask.any(axis=1)).sum())
+    stats["padded_slots"] = int((~item_mask).sum())
+    return DayData(date=date, spec_name=spec.name, request_id=request_id.astype(np.int64),
+                   context=context, history=history, history_mask=hmask, items=items,
+                   item_mask=item_mask, labels=labels, stats=stats)
+
+
+def _bad_stage(path: Path, obj: Any):
+    raise DataError(f"{path}: expected each request to map to a dict stage -> array, found "
+                    f"{type(obj).__name__}")
