@@ -81,6 +81,8 @@ def load_day(root: str | os.PathLike, date: str, spec: CascadeSpec, tz: str = DE
     day = _read_entry(entry, date, spec)
     if day is not None:
         return day
+    if entry.exists():  # unreadable (interrupted copy, disk fault): drop it and rebuild
+        shutil.rmtree(entry, ignore_errors=True)
     t0 = time.perf_counter()
     day = build_day_arrays(root, date, spec, tz=tz, history_len=history_len,
                            missing_index=missing_index)

@@ -1,0 +1,24 @@
+"""Shared fixtures: a tiny synthetic RecFlow dataset generated once per test session."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from deep_components.data.synthetic import generate, preset_params
+
+
+@pytest.fixture(scope="session")
+def tiny_root(tmp_path_factory):
+    """A read-only-by-convention tiny dataset (seed 0). Copy it before modifying files."""
+    root = tmp_path_factory.mktemp("tiny")
+    generate(root, preset_params("tiny"), seed=0, preset="tiny", verbose=False)
+    return root
+
+
+@pytest.fixture
+def tiny_copy(tiny_root, tmp_path):
+    """A private copy of the tiny dataset that a test may break."""
+    dst = tmp_path / "data"
+    shutil.copytree(tiny_root, dst, ignore=shutil.ignore_patterns(".lcron_cache"))
+    return dst

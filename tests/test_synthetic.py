@@ -1,0 +1,167 @@
+"""The synthetic generator: determinism and every RecFlow layout invariant."""
+from __future__ import annotations
+
+import json
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from deep_components.cascade import THREE_STAGE, TWO_STAGE
+from deep_components.data import default_split, list_days
+from deep_components.data.synthetic import RECFLOW_ID_COUNTS, generate, main, preset_params
+
+STAGES = ("realshow", "rerank_pos", "rerank_neg", "rank_pos", "rank_neg", "coarse_neg",
+          "prerank_neg")
+
+
+def _load(root, date):
+    a = pd.read_feather(root / "all_stage" / f"{date}.feather")
+    with open(root / "request_id_dict" / f"{date}.pkl", "rb") as f:
+        rd = pickle.load(f)
+    with open(root / "seq_effective_50_dict" / f"{date}.pkl", "rb") as f:
+        hd = pickle.load(f)
+    return a, rd, hd
+
+
+def _files(root):
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.name != "SYNTHETIC.json")
+
+
+def test_deterministic_per_seed(tmp_path):
+    p = preset_params("tiny", days=2, requests_per_day=60)
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        generate(tmp_path / name, p, seed=seed, verbose=False)
+    fa, fb, fc = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
+    assert [f.relative_to(tmp_path / "a") for f in fa] == [f.relative_to(tmp_path / "b") for f in fb]
+    assert all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb))
+    differs = [x.read_bytes() != y.read_bytes() for x, y in zip(fa, fc) if "id_cnt" not in x.name]
+    assert all(differs)
+
+
+def test_layout_and_split(tiny_root):
+    days = list_days(tiny_root)
+    assert days == ["2024-01-13", "2024-01-14", "2024-01-15", "2024-01-16"]
+    assert default_split(days) == (days[:-1], days[-1])
+    for sub in ("all_stage", "realshow"):
+        assert sorted(p.stem for p in (tiny_root / sub).glob("*.feather")) == days
+    for sub in ("request_id_dict", "seq_effective_50_dict"):
+        assert sorted(p.stem for p in (tiny_root / sub).glob("*.pkl")) == days
+    info = json.loads((tiny_root / "SYNTHETIC.json").read_text())
+    assert info["synthetic"] is True and info["test_day"] == "2024-01-16"
+
+
+def test_paper_split_used_when_those_days_exist():
+    days = pd.date_range("2024-01-13", "2024-02-18").strftime("%Y-%m-%d").tolist()
+    train, test = default_split(days)
+    assert test == "2024-02-04" and train[0] == "2024-01-13" and train[-1] == "2024-02-03"
+    assert len(train) == 22
+
+
+def test_id_cnt_spelling_and_ranges(tiny_root):
+    with open(tiny_root / "others" / "id_cnt.pkl", "rb") as f:
+        cnt = pickle.load(f)
+    assert "video_id" in cnt and " category_level_two" in cnt and "category_level_two" not in cnt
+    cnt = {k.strip(): v for k, v in cnt.items()}
+    for date in list_days(tiny_root):
+        a, rd, hd = _load(tiny_root, date)
+        assert all(a[c].dtype == np.int64 for c in a.columns)
+        for c in ("user_id", "device_id", "age", "gender", "province", "video_id", "author_id",
+                  "category_level_one", "category_level_two", "upload_type"):
+            assert a[c].min() >= 0 and a[c].max() < cnt[c], c
+        assert a["request_id"].max() < cnt["request_id"]
+
+
+def test_every_request_in_both_pickles_and_arrays_well_formed(tiny_root):
+    for date in list_days(tiny_root):
+        a, rd, hd = _load(tiny_root, date)
+        rids = set(a["request_id"].unique().tolist())
+        assert rids == set(rd) == set(hd)
+        for rid in list(rids)[:100]:
+            for label, arr in rd[rid].items():
+                assert label in STAGES
+                assert arr.ndim == 2 and arr.shape[1] == 8 and arr.dtype == np.int64
+            h = hd[rid]
+            assert h.shape == (50, 10) and h.dtype == np.int64
+
+
+def test_positives_have_flagged_rows_in_rank_order(tiny_root):
+    date = list_days(tiny_root)[0]
+    a, rd, _ = _load(tiny_root, date)
+    for flag, index in (("rank_pos", "rank_index"), ("rerank_pos", "rerank_index")):
+        pos = a[a[flag] == 1].set_index(["request_id", "video_id"])[index]
+        checked = 0
+        for rid, d in rd.items():
+            arr = d.get(flag)
+            if arr is None:
+                continue
+            idx = [pos[(rid, v)] for v in arr[:10, 0]]  # KeyError if a row is missing
+            assert idx == sorted(idx) and all(1 <= i <= 10 for i in idx)
+            checked += 1
+        assert checked > 250
+
+
+def test_groups_disjoint_and_sized(tiny_root):
+    date = list_days(tiny_root)[1]
+    a, rd, _ = _load(tiny_root, date)
+    for spec in (TWO_STAGE, THREE_STAGE):          # each setting's groups are disjoint
+        assert a[list(spec.groups)].to_numpy().sum(axis=1).max() == 1
+    full = [d for d in rd.values() if len(d) == 7 and all(len(v) >= 10 for k, v in d.items()
+                                                           if k != "realshow")]
+    assert len(full) > 0.9 * len(rd)               # most requests are complete
+    short = [d for d in rd.values() if len(d) < 7 or any(len(v) < 10 for k, v in d.items()
+                                                         if k != "realshow")]
+    assert len(short) >= 1                         # ... and some are padded
+    rid = next(iter(rd))
+    for spec in (TWO_STAGE, THREE_STAGE):
+        videos = [set(rd[rid][g][:, 0].tolist()) for g in spec.groups if g in rd[rid]]
+        assert sum(map(len, videos)) == len(set().union(*videos))
+
+
+def test_histories_left_padded_and_strictly_earlier(tiny_root):
+    days = list_days(tiny_root)
+    a, _, hd = _load(tiny_root, days[2])
+    req = a.groupby("request_id")[["request_timestamp", "user_id"]].first()
+    n_valid = []
+    for rid, h in hd.items():
+        valid = h[:, 7] > 0
+        n = int(valid.sum())
+        n_valid.append(n)
+        assert (valid == (np.arange(50) >= 50 - n)).all()           # a contiguous suffix
+        assert (h[~valid] == 0).all()
+        assert (h[valid, 7] < req.loc[rid, "request_timestamp"]).all()
+        assert (np.diff(h[valid, 7]) >= 0).all()                   # oldest first
+    assert np.mean(n_valid) > 10
+    # histories are built from effective views of earlier requests (or the seeding pre-period)
+    allv = pd.concat([pd.read_feather(tiny_root / "all_stage" / f"{d}.feather") for d in days[:3]])
+    eff = set(map(tuple, allv.loc[allv.effective_view == 1, ["request_id", "video_id"]].to_numpy()))
+    rid, h = max(hd.items(), key=lambda kv: kv[1][-1, 9])
+    assert (int(h[-1, 9]), int(h[-1, 0])) in eff
+
+
+def test_realshow_is_subset(tiny_root):
+    date = list_days(tiny_root)[0]
+    a = pd.read_feather(tiny_root / "all_stage" / f"{date}.feather")
+    r = pd.read_feather(tiny_root / "realshow" / f"{date}.feather")
+    assert list(r.columns) == list(a.columns) and len(r) > 0
+    assert (r.realshow == 1).all() and len(r) == int(a.realshow.sum())
+
+
+def test_recflow_scale_is_cheap_and_uses_real_cardinalities(tmp_path, capsys):
+    rc = main(["--out", str(tmp_path / "s"), "--preset", "recflow-scale", "--requests-per-day",
+               "40", "--days", "2", "--quiet"])
+    assert rc == 0 and "SIMULATED" in capsys.readouterr().out
+    with open(tmp_path / "s" / "others" / "id_cnt.pkl", "rb") as f:
+        cnt = {k.strip(): v for k, v in pickle.load(f).items()}
+    for k, v in RECFLOW_ID_COUNTS.items():
+        assert cnt[k] == v
+    a = pd.read_feather(tmp_path / "s" / "all_stage" / "2024-01-13.feather")
+    assert a.video_id.max() > 1_000_000 and a.video_id.max() < RECFLOW_ID_COUNTS["video_id"]
+
+
+def test_bad_parameters_are_refused(capsys):
+    assert main(["--out", "/tmp/never", "--preset", "tiny", "--pool-size", "30"]) == 2
+    assert "negative group" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        preset_params("galactic")
