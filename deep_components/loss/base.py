@@ -1,0 +1,123 @@
+"""The loss interface (METHODS.md §2) and the helpers every cascade loss shares.
+
+A loss is a ``torch.nn.Module`` built by ``build_loss(name, spec, **options)`` and called as
+``loss(logits, labels, mask)`` with ``logits`` a list of T tensors [B, N] in cascade order,
+``labels`` float [B, N] (graded, METHODS §1.2) and ``mask`` bool [B, N].  It returns a dict whose
+``"loss"`` is the scalar to minimise (the sum over every stage's loss) and whose other keys are
+detached float components for logging.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ..cascade import CascadeSpec
+
+MASK_MODES = ("true", "reference")
+
+
+def did_you_mean(name: str, valid) -> str:
+    close = difflib.get_close_matches(name, list(valid), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class CascadeLoss(nn.Module):
+    """Base class: option handling, input checks and the forward contract.
+
+    Subclasses set ``OPTIONS`` (name -> default; every constant of METHODS §10 is one) and
+    implement :meth:`compute`.  ``mask_mode`` is "true" (per-slot mask, METHODS §6.2) or
+    "reference" (the reference's prefix-from-count behaviour).
+    """
+
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+    name: ClassVar[str] = "?"
+
+    def __init__(self, spec: CascadeSpec, mask_mode: str = "true", **options: Any):
+        super().__init__()
+        if mask_mode not in MASK_MODES:
+            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        unknown = [k for k in options if k not in self.OPTIONS]
+        if unknown:
+            k = unknown[0]
+            raise ValueError(f"loss {self.name!r} has no option {k!r}{did_you_mean(k, self.OPTIONS)}; "
+                             f"valid options: {sorted(self.OPTIONS) + ['mask_mode']}")
+        self.spec = spec
+        self.mask_mode = mask_mode
+        self.opts = {**self.OPTIONS, **options}
+
+    def forward(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict[str, Any]:
+        T, N = self.spec.num_stages, self.spec.num_slots
+        if len(logits) != T:
+            raise ValueError(f"{self.name}: expected {T} logit tensors (one per stage, cascade "
+                             f"order), got {len(logits)}")
+        for s in logits:
+            if s.dim() != 2 or s.shape[1] != N:
+                raise ValueError(f"{self.name}: expected logits of shape [B, {N}], got {tuple(s.shape)}")
+        labels = labels.to(logits[0].dtype)
+        return self.compute(list(logits), labels, mask.bool())
+
+    def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stage_key(self, prefix: str, t: int) -> str:
+        return f"{prefix}/{self.spec.stages[t].name}"
+
+    def extra_repr(self) -> str:
+        return f"spec={self.spec.name}, mask_mode={self.mask_mode}, " + \
+            ", ".join(f"{k}={v}" for k, v in self.opts.items())
+
+
+@dataclass
+class SortMasks:
+    """Masks of the sorting-based losses (METHODS §1.3, §3.4) for one batch.
+
+    count [B] valid slots; slot [B, N] the per-slot factor v_i (true mask or count prefix);
+    pair [B, N, N] S[p, i] (position prefix on rows x ``slot`` on columns);
+    sort_labels [B, N] the labels the label matrix is built from (ℓ·m in true mode).
+    """
+
+    count: Tensor
+    slot: Tensor
+    pair: Tensor
+    sort_labels: Tensor
+
+
+def sort_masks(labels: Tensor, mask: Tensor, mode: str) -> SortMasks:
+    n = labels.shape[-1]
+    count = mask.sum(-1)                                                     # [B]
+    prefix = torch.arange(n, device=mask.device)[None, :] < count[:, None]   # [B, N] 1[i < c]
+    slot = mask if mode == "true" else prefix
+    pair = (prefix.unsqueeze(-1) & slot.unsqueeze(-2)).to(labels.dtype)    # rows: 1[p <= c]
+    sort_labels = labels * mask.to(labels.dtype) if mode == "true" else labels
+    return SortMasks(count, slot.to(labels.dtype), pair, sort_labels)
+
+
+def top_tail(P: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Column mass in the first k rows and in the remaining rows: P [B, N, N] -> 2 x [B, N]."""
+    return P[:, :k, :].sum(1), P[:, k:, :].sum(1)
+
+
+def column_normalised(P: Tensor, k: int, eps: float) -> tuple[Tensor, Tensor]:
+    """(U_k, D_k) of METHODS §3.5: top-k and tail mass over the *detached* column sum."""
+    top, tail = top_tail(P, k)
+    denom = P.sum(1).detach() + eps
+    return top / denom, tail / denom
+
+
+class UncertaintyWeights(nn.Module):
+    """One learnable scalar per stage, initialised to 1.0, in cascade order (METHODS §2.2)."""
+
+    def __init__(self, num_stages: int):
+        super().__init__()
+        self.w = nn.Parameter(torch.ones(num_stages))
+
+    def forward(self) -> Tensor:
+        return self.w
+
+
+def as_float(x: Tensor) -> float:
+    return float(x.detach())

@@ -1,0 +1,141 @@
+"""Evaluation metrics, per request and vectorised (METHODS.md §7, API of §0.1).
+
+Each function takes ``[R, N]`` numpy arrays or torch tensors (any device) and returns a numpy
+array ``[R]`` of per-request values; callers average.  Corrections of §7.7 for padded slots are
+applied: invalid slots are excluded from every ranking and selection (score -inf) and from the
+ground truth (gain 0).  With all slots valid they are no-ops.
+
+Ties: pass ``perm`` (a permutation of the N columns, e.g. the evaluator's seeded per-batch
+permutation) and they are resolved by permuted position through a stable descending sort
+(§7.6).  On tie-free scores every metric is permutation-invariant.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+_CHUNK = 8192  # requests per block in the O(N^2) Kendall computation
+
+
+def _np(x, dtype=None) -> np.ndarray:
+    try:
+        import torch
+
+        if isinstance(x, torch.Tensor):
+            x = x.detach().cpu().numpy()
+    except ImportError:  # pragma: no cover
+        pass
+    x = np.asarray(x)
+    return x.astype(dtype, copy=False) if dtype is not None else x
+
+
+def _prepare(scores, labels, mask, perm=None):
+    s = _np(scores, np.float64)
+    lab = _np(labels, np.float64)
+    m = _np(mask).astype(bool, copy=False)
+    if not (s.shape == lab.shape == m.shape) or s.ndim != 2:
+        raise ValueError(f"scores, labels and mask must share one [R, N] shape, got "
+                         f"{s.shape}, {lab.shape}, {m.shape}")
+    if perm is not None:
+        perm = np.asarray(perm)
+        s, lab, m = s[:, perm], lab[:, perm], m[:, perm]
+    return s, lab, m
+
+
+def _desc_order(x: np.ndarray) -> np.ndarray:
+    """Stable descending argsort along the last axis (ties keep column order)."""
+    return np.argsort(-x, axis=-1, kind="stable")
+
+
+def _top_set(x: np.ndarray, k: int) -> np.ndarray:
+    """[R, N] bool: the k largest entries of each row (stable tie-break)."""
+    sel = np.zeros(x.shape, dtype=bool)
+    np.put_along_axis(sel, _desc_order(x)[:, :k], True, axis=1)
+    return sel
+
+
+def _ground_truth(lab: np.ndarray, m: np.ndarray, k: int) -> np.ndarray:
+    """The k largest labels among valid slots (ℓ·mask with invalid slots excluded)."""
+    return _top_set(np.where(m, lab, -np.inf), k) & m
+
+
+def recall_at_k(scores, labels, mask, k: int = 10, *, m: int, perm=None) -> np.ndarray:
+    """|top-k labels ∩ top-m scores| / k per request (METHODS §7.2)."""
+    s, lab, msk = _prepare(scores, labels, mask, perm)
+    gt = _ground_truth(lab, msk, k)
+    sel = _top_set(np.where(msk, s, -np.inf), m)
+    return (gt & sel).sum(axis=1) / k
+
+
+def ndcg_at_k(scores, labels, mask, k: int = 10, *, perm=None) -> np.ndarray:
+    """Tie-averaged NDCG@k with linear gains ℓ·mask and log2 discount (sklearn semantics, §7.3)."""
+    s, lab, msk = _prepare(scores, labels, mask, perm)
+    gains = np.where(msk, lab, 0.0)
+    x = np.where(msk, s, -np.inf)
+    R, N = x.shape
+    order = _desc_order(x)
+    xs = np.take_along_axis(x, order, axis=1)
+    gs = np.take_along_axis(gains, order, axis=1)
+    # tie classes of equal score: start/end (exclusive) of each position's class
+    new = np.ones((R, N), dtype=bool)
+    new[:, 1:] = xs[:, 1:] != xs[:, :-1]
+    idx = np.broadcast_to(np.arange(N), (R, N))
+    start = np.maximum.accumulate(np.where(new, idx, 0), axis=1)
+    last = np.ones((R, N), dtype=bool)
+    last[:, :-1] = new[:, 1:]
+    end = np.minimum.accumulate(np.where(last, idx + 1, N)[:, ::-1], axis=1)[:, ::-1]
+    csum = np.zeros((R, N + 1))
+    csum[:, 1:] = np.cumsum(gs, axis=1)
+    mean_gain = (np.take_along_axis(csum, end, 1) - np.take_along_axis(csum, start, 1)) / (end - start)
+    disc = np.zeros(N)
+    kk = min(k, N)
+    disc[:kk] = 1.0 / np.log2(np.arange(2, kk + 2))
+    dcg = mean_gain @ disc
+    idcg = -np.sort(-gains, axis=1) @ disc
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0)
+
+
+def kendall_tau(scores, labels, mask) -> np.ndarray:
+    """Kendall's τ-b (tie-corrected, as scipy) between scores and labels over valid slots.
+
+    NaN where undefined (fewer than two valid slots, or constant scores or labels).
+    """
+    s, lab, msk = _prepare(scores, labels, mask)
+    out = np.empty(s.shape[0])
+    for a in range(0, s.shape[0], _CHUNK):
+        sl = slice(a, a + _CHUNK)
+        out[sl] = _kendall_block(s[sl], lab[sl], msk[sl])
+    return out
+
+
+def _kendall_block(s: np.ndarray, lab: np.ndarray, m: np.ndarray) -> np.ndarray:
+    n = s.shape[1]
+    upper = np.triu(np.ones((n, n), dtype=bool), 1)
+    pair = m[:, :, None] & m[:, None, :] & upper                    # [R, N, N] i < j, both valid
+    ds = np.sign(s[:, :, None] - s[:, None, :])
+    dl = np.sign(lab[:, :, None] - lab[:, None, :])
+    S = (ds * dl * pair).sum((1, 2))
+    n0 = pair.sum((1, 2)).astype(np.float64)
+    tie_s = ((ds == 0) & pair).sum((1, 2))
+    tie_l = ((dl == 0) & pair).sum((1, 2))
+    denom = np.sqrt((n0 - tie_s) * (n0 - tie_l))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, S / np.where(denom > 0, denom, 1.0), np.nan)
+
+
+def cascade_recall(stage_scores: Sequence, labels, mask, quotas: Sequence[int], k: int = 10,
+                   *, perm=None) -> np.ndarray:
+    """Joint recall of the cascade (METHODS §7.5): stage t keeps its top ``quotas[t]`` among the
+    survivors of stage t-1; recall = |survivors of the last stage ∩ top-k labels| / k."""
+    if len(stage_scores) != len(quotas):
+        raise ValueError(f"need one quota per stage, got {len(stage_scores)} stages and "
+                         f"{len(quotas)} quotas")
+    _, lab, msk = _prepare(stage_scores[0], labels, mask, perm)
+    gt = _ground_truth(lab, msk, k)
+    alive = msk.copy()
+    for sc, q in zip(stage_scores, quotas):
+        s = _prepare(sc, labels, mask, perm)[0]
+        alive = _top_set(np.where(alive, s, -np.inf), q) & alive
+    return (gt & alive).sum(axis=1) / k
