@@ -1,0 +1,36 @@
+"""Shared ``main`` of run_train2/3 and run_test2/3: flags, friendly errors, exit codes."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import add_common_flags, config_from_args
+from .data.errors import DataError
+from .runtime import UsageError
+
+
+def main(setting: str, action: str, argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog=f"run_{action}{2 if setting == 'two_stage' else 3}.py",
+        description=f"{'Train' if action == 'train' else 'Evaluate'} a {setting.replace('_', '-')} cascade.")
+    add_common_flags(ap)
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = config_from_args(a, setting)
+        if action == "train":
+            from .train import train
+
+            run_dir = train(cfg)
+            print(f"trained {cfg.loss_type} ({setting}, run {cfg.run_id}) -> {run_dir}")
+        else:
+            from .test_run import format_metrics, test
+
+            m = test(cfg)
+            print(f"{m['method']} ({setting}, run {m['run_id']}, test day {m['test_day']}"
+                  f"{', SYNTHETIC data' if m['synthetic'] else ''}): {format_metrics(m)}")
+    except (DataError, UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0

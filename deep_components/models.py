@@ -1,0 +1,215 @@
+"""The stage towers (METHODS.md §9): DSSM (two-tower), DIN (target attention), MLP.
+
+Every model has its own embedding tables and scores all N candidate slots of a request:
+``model(context [B, 8], history [B, H, 5], history_mask [B, H], items [B, N, 8]) -> [B, N]``.
+
+Inputs are the id arrays of :class:`deep_components.data.DayData` (already shifted: 0 is
+padding, category_level_one is raw with padding row 2).
+"""
+from __future__ import annotations
+
+from typing import Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+ID_TABLES = ("user_id", "device_id", "gender", "age", "province", "video_id", "author_id",
+             "category_level_two", "upload_type")
+CATE1_PAD = 2
+TIME_ROWS = {"weekday": 7 + 2, "hour": 24 + 2, "minute": 60 + 2}
+MASKED_LOGIT = -(2 ** 30 - 1)
+
+
+class FeatureEmbeddings(nn.Module):
+    """One model's embedding tables (``id_cnt + 2`` rows each, padding row 0; cate1 padding 2;
+    weekday/hour/minute shared between request and upload time)."""
+
+    def __init__(self, id_counts: Mapping[str, int], dim: int = 8):
+        super().__init__()
+        self.dim = dim
+        self.tables = nn.ModuleDict({
+            f: nn.Embedding(int(id_counts[f]) + 2, dim, padding_idx=0) for f in ID_TABLES})
+        self.tables["category_level_one"] = nn.Embedding(
+            int(id_counts["category_level_one"]) + 2, dim, padding_idx=CATE1_PAD)
+        for f, rows in TIME_ROWS.items():
+            self.tables[f] = nn.Embedding(rows, dim, padding_idx=0)
+
+    def _cat(self, x: Tensor, names: tuple[str, ...]) -> Tensor:
+        return torch.cat([self.tables[n](x[..., j]) for j, n in enumerate(names)], dim=-1)
+
+    def context(self, context: Tensor) -> Tensor:
+        """[B, 8] -> [B, 64]: weekday, hour, minute, user, device, gender, age, province."""
+        return self._cat(context, ("weekday", "hour", "minute", "user_id", "device_id", "gender",
+                                   "age", "province"))
+
+    def item(self, ids: Tensor) -> Tensor:
+        """[..., >=5] -> [..., 40]: ψ = video, author, cate2, cate1, upload_type."""
+        return self._cat(ids[..., :5], ("video_id", "author_id", "category_level_two",
+                                        "category_level_one", "upload_type"))
+
+    def upload_time(self, items: Tensor) -> Tensor:
+        """[B, N, 8] -> [B, N, 24]: upload weekday, hour, minute."""
+        return self._cat(items[..., 5:8], ("weekday", "hour", "minute"))
+
+
+def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[i], sizes[i + 1]))
+        if i < len(sizes) - 2 or final_activation:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def user_input(emb: FeatureEmbeddings, context: Tensor, history: Tensor,
+               history_mask: Tensor) -> Tensor:
+    """DSSM/MLP user input [B, 104]: context (64) ⊕ mean history ψ (40).
+
+    The mean sums all H rows (padded ones too: they contribute e_cate1[0]) and divides by
+    max(#valid, 1), as the reference does (METHODS §9.3).
+    """
+    seq_len = history_mask.sum(-1, keepdim=True).clamp(min=1).to(torch.float32)
+    mean_hist = emb.item(history).sum(1) / seq_len
+    return torch.cat([emb.context(context), mean_hist], dim=-1)
+
+
+class DSSM(nn.Module):
+    """Two towers and an inner product (retrieval)."""
+
+    def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128):
+        super().__init__()
+        self.emb = FeatureEmbeddings(id_counts, dim)
+        self.user_tower = mlp([13 * dim, units, 64, 32])
+        self.item_tower = mlp([8 * dim, units, 64, 32])
+
+    def forward(self, context: Tensor, history: Tensor, history_mask: Tensor,
+                items: Tensor) -> Tensor:
+        u = self.user_tower(user_input(self.emb, context, history, history_mask))       # [B, 32]
+        x = torch.cat([self.emb.item(items), self.emb.upload_time(items)], dim=-1)       # [B, N, 64]
+        return torch.einsum("bd,bnd->bn", u, self.item_tower(x))
+
+
+class MLP(nn.Module):
+    """One tower over user input and item features (three-stage prerank)."""
+
+    def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128):
+        super().__init__()
+        self.emb = FeatureEmbeddings(id_counts, dim)
+        self.net = mlp([21 * dim, units, 64, 32, 1])
+
+    def forward(self, context: Tensor, history: Tensor, history_mask: Tensor,
+                items: Tensor) -> Tensor:
+        u = user_input(self.emb, context, history, history_mask)                       # [B, 104]
+        x = torch.cat([self.emb.item(items), self.emb.upload_time(items)], dim=-1)       # [B, N, 64]
+        z = torch.cat([u.unsqueeze(1).expand(-1, x.shape[1], -1), x], dim=-1)           # [B, N, 168]
+        return self.net(z).squeeze(-1)
+
+
+class _PairAttention(torch.autograd.Function):
+    """``a[b, n, r] = relu(q[b, n] + h[b, r]) · w`` for the valid (suffix) history rows only.
+
+    q [B, N, D] candidate half, h [B, H, D] history half, w [D], lengths [B] valid rows per
+    request (histories are left-padded, so the valid rows are the last ``lengths[b]``).  Entries
+    of padded rows are 0 here; the caller overwrites them with the masked logit, so they carry
+    no gradient.  Requests are processed in chunks of similar length (sorted), each chunk scoring
+    only its longest valid suffix; the [B, N, H, D] hidden layer is never stored: backward
+    recomputes it chunk by chunk.  Exact: same values and gradients as the dense form.
+    """
+
+    @staticmethod
+    def _chunks(lengths: Tensor, chunk: int, H: int):
+        order = torch.argsort(lengths.cpu())
+        lens = lengths.cpu()[order]
+        for a in range(0, order.numel(), chunk):
+            L = int(lens[a:a + chunk].max())
+            yield order[a:a + chunk].to(lengths.device), H - L
+
+    @staticmethod
+    def forward(ctx, q: Tensor, h: Tensor, w: Tensor, lengths: Tensor, chunk: int) -> Tensor:
+        B, N, _ = q.shape
+        H = h.shape[1]
+        out = q.new_zeros(B, N, H)
+        for idx, r0 in _PairAttention._chunks(lengths, chunk, H):
+            hidden = (q[idx].unsqueeze(2) + h[idx, r0:].unsqueeze(1)).relu_()      # [c, N, L, D]
+            out[idx, :, r0:] = hidden @ w
+        ctx.save_for_backward(q, h, w, lengths)
+        ctx.chunk = chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        q, h, w, lengths = ctx.saved_tensors
+        gq, gh, gw = torch.zeros_like(q), torch.zeros_like(h), torch.zeros_like(w)
+        H = h.shape[1]
+        for idx, r0 in _PairAttention._chunks(lengths, ctx.chunk, H):
+            pre = q[idx].unsqueeze(2) + h[idx, r0:].unsqueeze(1)                     # [c, N, L, D]
+            g = grad[idx, :, r0:]                                                      # [c, N, L]
+            gw += pre.relu().flatten(0, 2).T @ g.reshape(-1)
+            gpre = (pre > 0) * (g.unsqueeze(-1) * w)
+            gq[idx] = gpre.sum(2)
+            gh[idx, r0:] = gpre.sum(1)
+        return gq, gh, gw, None, None
+
+
+class DIN(nn.Module):
+    """Target attention over the history (two-stage prerank, three-stage rank).
+
+    ``split_attention=True`` computes the attention MLP's first layer as a history half (once
+    per request) plus a candidate half (once per candidate) and broadcast-adds them: the same
+    output as the concatenated form, without the [B, N, H, 80] x [80, 80] product; the ReLU and
+    the second layer run in cache-sized chunks over valid history rows only (``_PairAttention``).
+    """
+
+    #: requests per chunk of the attention kernel (about 5 MB of hidden activations at N = 40)
+    chunk = 8
+
+    def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128,
+                 split_attention: bool = True):
+        super().__init__()
+        self.emb = FeatureEmbeddings(id_counts, dim)
+        d_item = 5 * dim
+        self.att1 = nn.Linear(2 * d_item, 2 * d_item)
+        self.att2 = nn.Linear(2 * d_item, 1)
+        self.net = mlp([21 * dim, units, units, 32, 1])
+        self.split_attention = split_attention
+
+    def attention_logits(self, hist: Tensor, query: Tensor, history_mask: Tensor) -> Tensor:
+        """hist [B, H, 40], query [B, N, 40] -> a [B, N, H] (valid history rows)."""
+        d = hist.shape[-1]
+        if self.split_attention:
+            w = self.att1.weight                                                         # [80, 80]
+            h_part = hist @ w[:, :d].T                                                   # [B, H, 80]
+            q_part = F.linear(query, w[:, d:], self.att1.bias)                           # [B, N, 80]
+            lengths = history_mask.sum(-1).clamp(min=1)
+            a = _PairAttention.apply(q_part, h_part, self.att2.weight.squeeze(0), lengths, self.chunk)
+            return a + self.att2.bias
+        else:
+            B, H, N = hist.shape[0], hist.shape[1], query.shape[1]
+            pair = torch.cat([hist.unsqueeze(1).expand(B, N, H, d),
+                              query.unsqueeze(2).expand(B, N, H, d)], dim=-1)
+            hidden = torch.relu(self.att1(pair))
+        return (hidden @ self.att2.weight.squeeze(0)) + self.att2.bias                   # [B, N, H]
+
+    def forward(self, context: Tensor, history: Tensor, history_mask: Tensor,
+                items: Tensor) -> Tensor:
+        hist = self.emb.item(history)                                                    # [B, H, 40]
+        query = self.emb.item(items)                                                     # [B, N, 40]
+        a = self.attention_logits(hist, query, history_mask)
+        a = a.masked_fill(~history_mask.unsqueeze(1), MASKED_LOGIT)
+        interest = torch.softmax(a, dim=-1) @ hist                                       # [B, N, 40]
+        ctx = self.emb.context(context)                                                  # [B, 64]
+        z = torch.cat([ctx.unsqueeze(1).expand(-1, query.shape[1], -1), interest, query,
+                       self.emb.upload_time(items)], dim=-1)                             # [B, N, 168]
+        return self.net(z).squeeze(-1)
+
+
+TOWERS = {"dssm": DSSM, "din": DIN, "mlp": MLP}
+
+
+def build_tower(name: str, id_counts: Mapping[str, int], dim: int = 8, units: int = 128) -> nn.Module:
+    try:
+        cls = TOWERS[name]
+    except KeyError:
+        raise ValueError(f"unknown tower {name!r}; valid: {sorted(TOWERS)}") from None
+    return cls(id_counts, dim, units)
