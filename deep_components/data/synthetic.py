@@ -133,7 +133,7 @@ class WorldParams:
 PRESETS: dict[str, dict] = {
     "tiny": dict(days=4, requests_per_day=300, users=200, videos=1_500, authors=300, cate1=12,
                  cate2=48, upload_types=8, pool_size=70, prerank_keep=50, coarse_keep=35),
-    "small": dict(days=5, requests_per_day=5_000, users=1_000, videos=6_000, authors=1_000,
+    "small": dict(days=6, requests_per_day=8_192, users=1_000, videos=6_000, authors=1_000,
                   cate1=20, cate2=100, upload_types=10, pool_size=100, prerank_keep=70,
                   coarse_keep=50),
     "medium": dict(days=6, requests_per_day=50_000, users=20_000, videos=200_000,

@@ -1,0 +1,128 @@
+"""Collect run folders into one table per setting: methods as rows, the paper's columns
+(joint recall, then per stage from the last to the first: Recall@10@quota, NDCG@10), mean ± std
+over runs (sample std, ddof = 1) and the number of runs; written as Markdown and CSV.
+
+    python -m deep_components.collect --runs_root runs/synthetic-small --setting two_stage
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .cascade import SPECS, get_spec
+
+#: The paper's row order; other (new) methods follow alphabetically.
+PAPER_ORDER = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron")
+DISPLAY = {"bce": "BCE", "icc": "ICC", "rankflow": "RankFlow", "fs_ranknet": "FS-RankNet",
+           "fs_lambdaloss": "FS-LambdaLoss", "arf": "ARF", "arf_v2": "ARF-v2", "lcron": "LCRON"}
+
+
+def load_metrics(runs_root: Path, setting: str, methods: list[str] | None = None) -> list[dict]:
+    out = []
+    for p in sorted((Path(runs_root) / setting).glob("*/*/metrics.json")):
+        with open(p) as f:
+            m = json.load(f)
+        if methods and m["method"] not in methods:
+            continue
+        m["_path"] = str(p.parent)
+        out.append(m)
+    return out
+
+
+def metric_columns(setting: str) -> list[tuple[str, str]]:
+    """[(column title, key)] in the paper's order."""
+    spec = get_spec(setting)
+    cols = [("joint", "joint_recall")]
+    for st in reversed(spec.stages):
+        cols.append((f"{st.name} R@10@{st.quota}", f"{st.name}.recall"))
+        cols.append((f"{st.name} NDCG@10", f"{st.name}.ndcg"))
+    return cols
+
+
+def _value(m: dict, key: str) -> float:
+    if "." in key:
+        stage, k = key.split(".")
+        return m["stages"][stage][k]
+    return m[key]
+
+
+def build_table(metrics: list[dict], setting: str) -> pd.DataFrame:
+    cols = metric_columns(setting)
+    rows = []
+    methods = sorted({m["method"] for m in metrics},
+                     key=lambda x: (PAPER_ORDER.index(x) if x in PAPER_ORDER else 99, x))
+    for method in methods:
+        ms = [m for m in metrics if m["method"] == method]
+        row = {"method": DISPLAY.get(method, method), "runs": len(ms)}
+        for title, key in cols:
+            v = np.array([_value(m, key) for m in ms], dtype=float)
+            row[f"{title} mean"] = v.mean()
+            row[f"{title} std"] = v.std(ddof=1) if len(v) > 1 else 0.0
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def table_title(metrics: list[dict], setting: str) -> str:
+    kind = setting.replace("_", "-")
+    days = sorted({m.get("test_day") for m in metrics})
+    synthetic = any(m.get("synthetic") for m in metrics)
+    src = ("SYNTHETIC data (simulated RecFlow layout, not the real dataset)" if synthetic
+           else "RecFlow")
+    return f"{kind} cascade — {src}, test day {', '.join(map(str, days))}"
+
+
+def to_markdown(df: pd.DataFrame, setting: str, title: str) -> str:
+    cols = metric_columns(setting)
+    head = ["method"] + [t for t, _ in cols] + ["runs"]
+    lines = [f"**{title}** (mean ± std over runs)", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, r in df.iterrows():
+        cells = [r["method"]] + [f"{r[f'{t} mean']:.4f} ± {r[f'{t} std']:.4f}" for t, _ in cols]
+        lines.append("| " + " | ".join(cells + [str(int(r["runs"]))]) + " |")
+    return "\n".join(lines)
+
+
+def collect(runs_root: str | Path, setting: str, methods: list[str] | None = None,
+            out_dir: str | Path | None = None) -> tuple[pd.DataFrame, str]:
+    """Build, write (``<out_dir>/<setting>_results.{md,csv}``) and return (table, markdown)."""
+    metrics = load_metrics(Path(runs_root), setting, methods)
+    if not metrics:
+        raise FileNotFoundError(f"no metrics.json under {Path(runs_root) / setting}")
+    sources = {m.get("data_dir") for m in metrics}
+    if len(sources) > 1:
+        raise ValueError(f"runs under {runs_root}/{setting} come from different datasets "
+                         f"{sorted(map(str, sources))}; use one runs root per dataset")
+    df = build_table(metrics, setting)
+    md = to_markdown(df, setting, table_title(metrics, setting))
+    out = Path(out_dir) if out_dir else Path(runs_root)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{setting}_results" if not methods or len(methods) != 1 else f"{setting}_{methods[0]}"
+    (out / f"{stem}.md").write_text(md + "\n")
+    df.to_csv(out / f"{stem}.csv", index=False, float_format="%.6f")
+    return df, md
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m deep_components.collect", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs_root", default="runs")
+    ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))
+    ap.add_argument("--methods", nargs="*", default=None)
+    ap.add_argument("--out_dir", default=None, help="where to write the tables (default runs_root)")
+    a = ap.parse_args(argv)
+    try:
+        _, md = collect(a.runs_root, a.setting, a.methods, a.out_dir)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

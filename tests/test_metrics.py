@@ -1,0 +1,154 @@
+"""Metrics: METHODS §11 values and brute-force references (with ties and padded slots)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from deep_components import metrics as M
+from deep_components.cascade import THREE_STAGE, TWO_STAGE
+
+from selfcheck_inputs import selfcheck_inputs
+
+# (setting, stage index) -> (NDCG@10, Recall@10@M, Kendall tau-b)   -- METHODS §11
+EXPECTED = {
+    ("two", 0): (0.335560, 0.85, -0.114198), ("two", 1): (0.353620, 0.60, 0.015508),
+    ("three", 0): (0.362937, 0.85, 0.041540), ("three", 1): (0.332431, 0.65, -0.022980),
+    ("three", 2): (0.280932, 0.40, -0.045076),
+}
+JOINT = {"two": 0.55, "three": 0.40}
+SPECS = {"two": TWO_STAGE, "three": THREE_STAGE}
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED), ids=lambda k: f"{k[0]}-{k[1]}")
+def test_selfcheck_values(key):
+    spec = SPECS[key[0]]
+    logits, labels, mask = selfcheck_inputs(spec)
+    s = logits[key[1]].detach()
+    nd, rec, tau = EXPECTED[key]
+    q = spec.stages[key[1]].quota
+    assert M.ndcg_at_k(s, labels, mask).mean() == pytest.approx(nd, abs=1e-6)
+    assert M.recall_at_k(s, labels, mask, m=q).mean() == pytest.approx(rec, abs=1e-12)
+    assert M.kendall_tau(s, labels, mask).mean() == pytest.approx(tau, abs=1e-6)
+    if key[1] == 0:
+        joint = M.cascade_recall([x.detach() for x in logits], labels, mask, spec.quotas)
+        assert joint.mean() == pytest.approx(JOINT[key[0]], abs=1e-12)
+
+
+# ------------------------------------------------------------------- brute-force references
+
+def _order(scores, valid):
+    """Descending, ties by column position, invalid slots last."""
+    idx = [i for i in range(len(scores)) if valid[i]]
+    rest = [i for i in range(len(scores)) if not valid[i]]
+    return sorted(idx, key=lambda i: (-scores[i], i)) + rest
+
+
+def _gt(labels, valid, k):
+    return set(sorted([i for i in range(len(labels)) if valid[i]], key=lambda i: (-labels[i], i))[:k])
+
+
+def bf_recall(s, lab, valid, k, m):
+    return len(_gt(lab, valid, k) & set(_order(s, valid)[:m])) / k
+
+
+def bf_ndcg(s, lab, valid, k):
+    gains = [lab[i] if valid[i] else 0.0 for i in range(len(s))]
+    x = [s[i] if valid[i] else -math.inf for i in range(len(s))]
+    disc = [1 / math.log2(p + 2) if p < k else 0.0 for p in range(len(s))]
+    dcg, pos = 0.0, 0
+    for v in sorted(set(x), reverse=True):
+        cls = [i for i in range(len(x)) if x[i] == v]
+        mean = sum(gains[i] for i in cls) / len(cls)
+        dcg += mean * sum(disc[pos:pos + len(cls)])
+        pos += len(cls)
+    idcg = sum(g * d for g, d in zip(sorted(gains, reverse=True), disc))
+    return dcg / idcg if idcg > 0 else 0.0
+
+
+def bf_kendall(s, lab, valid):
+    idx = [i for i in range(len(s)) if valid[i]]
+    S = n0 = ts = tl = 0
+    for a in range(len(idx)):
+        for b in range(a + 1, len(idx)):
+            i, j = idx[a], idx[b]
+            ds, dl = np.sign(s[i] - s[j]), np.sign(lab[i] - lab[j])
+            S += ds * dl
+            n0 += 1
+            ts += ds == 0
+            tl += dl == 0
+    den = math.sqrt((n0 - ts) * (n0 - tl))
+    return S / den if den > 0 else math.nan
+
+
+def bf_cascade(stage_scores, lab, valid, quotas, k):
+    alive = [i for i in range(len(lab)) if valid[i]]
+    for s, q in zip(stage_scores, quotas):
+        alive = sorted(alive, key=lambda i: (-s[i], i))[:q]
+    return len(_gt(lab, valid, k) & set(alive)) / k
+
+
+def _random_case(seed, R=40, N=20):
+    rng = np.random.default_rng(seed)
+    s = rng.integers(0, 6, size=(R, N)).astype(float)        # many ties
+    s[: R // 2] += rng.normal(size=(R // 2, N))               # and some tie-free rows
+    lab = rng.integers(0, 5, size=(R, N)).astype(float)
+    mask = rng.random((R, N)) > 0.2
+    mask[0] = True
+    mask[1, 2:] = False                                       # almost empty request
+    return s, lab, mask
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_against_brute_force(seed):
+    s, lab, mask = _random_case(seed)
+    s2 = s[:, ::-1].copy()
+    for r in range(s.shape[0]):
+        assert M.recall_at_k(s[r:r + 1], lab[r:r + 1], mask[r:r + 1], 5, m=8)[0] == \
+            pytest.approx(bf_recall(s[r], lab[r], mask[r], 5, 8))
+        assert M.ndcg_at_k(s[r:r + 1], lab[r:r + 1], mask[r:r + 1], 5)[0] == \
+            pytest.approx(bf_ndcg(s[r], lab[r], mask[r], 5))
+        kt = M.kendall_tau(s[r:r + 1], lab[r:r + 1], mask[r:r + 1])[0]
+        bf = bf_kendall(s[r], lab[r], mask[r])
+        assert (math.isnan(kt) and math.isnan(bf)) or kt == pytest.approx(bf)
+        assert M.cascade_recall([s[r:r + 1], s2[r:r + 1]], lab[r:r + 1], mask[r:r + 1], (12, 6), 5)[0] \
+            == pytest.approx(bf_cascade([s[r], s2[r]], lab[r], mask[r], (12, 6), 5))
+    # vectorised over requests = row by row
+    v = M.ndcg_at_k(s, lab, mask, 5)
+    assert np.allclose(v, [bf_ndcg(s[r], lab[r], mask[r], 5) for r in range(len(s))])
+
+
+def test_permutation_breaks_ties_by_permuted_position():
+    s = np.zeros((1, 4))                         # all tied
+    lab = np.array([[3.0, 0, 0, 0]])
+    mask = np.ones((1, 4), bool)
+    assert M.recall_at_k(s, lab, mask, 1, m=1)[0] == 1.0            # slot 0 first
+    assert M.recall_at_k(s, lab, mask, 1, m=1, perm=[2, 0, 1, 3])[0] == 0.0
+    assert M.recall_at_k(s, lab, mask, 1, m=2, perm=[2, 0, 1, 3])[0] == 1.0
+    # tie-free scores and labels: every metric is permutation invariant
+    rng = np.random.default_rng(0)
+    s, mask = rng.normal(size=(8, 10)), np.ones((8, 10), bool)
+    lab = np.argsort(rng.random((8, 10)), axis=1)           # distinct labels: no ties anywhere
+    p = rng.permutation(10)
+    assert np.array_equal(M.recall_at_k(s, lab, mask, 3, m=5), M.recall_at_k(s, lab, mask, 3, m=5, perm=p))
+    assert np.allclose(M.ndcg_at_k(s, lab, mask, 3), M.ndcg_at_k(s, lab, mask, 3, perm=p))
+
+
+def test_padded_slots_never_selected_nor_ground_truth():
+    s = np.array([[9.0, 1, 2, 3]])
+    lab = np.array([[30.0, 5, 6, 7]])
+    mask = np.array([[False, True, True, True]])   # the highest-scored, top-label slot is padding
+    assert M.recall_at_k(s, lab, mask, 2, m=2)[0] == 1.0             # GT = slots 3, 2
+    assert M.ndcg_at_k(s, lab, mask, 2)[0] == pytest.approx(1.0)
+
+
+def test_torch_inputs_and_undefined_kendall():
+    s = torch.tensor([[1.0, 2.0, 3.0]], dtype=torch.float64)
+    lab = torch.tensor([[1, 1, 1]])
+    mask = torch.tensor([[1, 1, 1]])
+    assert math.isnan(M.kendall_tau(s, lab, mask)[0])
+    assert M.recall_at_k(s.float(), torch.tensor([[1, 2, 3]]), mask.bool(), 1, m=1)[0] == 1.0
+    with pytest.raises(ValueError, match="one quota per stage"):
+        M.cascade_recall([s, s], lab, mask, (2,))
