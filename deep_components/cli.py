@@ -25,9 +25,9 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
             run_dir = train(cfg)
             print(f"trained {cfg.loss_type} ({setting}, run {cfg.run_id}) -> {run_dir}")
         else:
-            from .test_run import format_metrics, test
+            from .run_eval import evaluate_run, format_metrics
 
-            m = test(cfg)
+            m = evaluate_run(cfg)
             print(f"{m['method']} ({setting}, run {m['run_id']}, test day {m['test_day']}"
                   f"{', SYNTHETIC data' if m['synthetic'] else ''}): {format_metrics(m)}")
     except (DataError, UsageError, ValueError) as e:

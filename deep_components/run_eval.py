@@ -14,7 +14,7 @@ from .runtime import UsageError, read_json, resolve_device, write_json
 from .train import load_towers
 
 
-def test(cfg: RunConfig) -> dict:
+def evaluate_run(cfg: RunConfig) -> dict:
     """Load ``<run folder>/towers.pt``, evaluate on the test day, write ``metrics.json``."""
     run_dir = cfg.resolved_run_dir()
     cfg_path = run_dir / "config.json"
