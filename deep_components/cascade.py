@@ -11,7 +11,7 @@ per-stage fields so that loss code reads them instead of branching on the number
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 #: Constant graded-label indices of the negative groups (label = 30 - index), RECFLOW_FORMAT.md.
 NEGATIVE_GROUP_INDEX: Mapping[str, int] = {
@@ -53,10 +53,9 @@ class CascadeSpec:
     gt_num: int = 10
     #: all_stage column holding the positive group's index (rank_index / rerank_index).
     index_column: str = "rank_index"
-    #: LCRON's label matrix is thresholded (hard) in this setting (METHODS §3.3).
-    lcron_hard_labels: bool = False
-    #: FS-RankNet weights anchors by their mask in this setting (METHODS §4.4).
-    ranknet_anchor_mask: bool = True
+    #: Per-method option defaults that differ between settings (METHODS §10), e.g. LCRON's hard
+    #: label matrix in three-stage.  User options override them.
+    loss_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     negative_index: Mapping[str, int] = field(default_factory=lambda: dict(NEGATIVE_GROUP_INDEX))
 
     def __post_init__(self) -> None:
@@ -132,8 +131,11 @@ TWO_STAGE = CascadeSpec(
         Stage("prerank", "din", quota=20, bce_slots=20, icc_cutoff=30, icc_multiplier=1.0),
     ),
     index_column="rank_index",
-    lcron_hard_labels=False,
-    ranknet_anchor_mask=True,
+    loss_defaults={
+        "lcron": {"hard_labels": False},           # soft label matrix (threshold discarded)
+        "fs_ranknet": {"anchor_mask": True},       # anchors weighted by their mask
+        "rankflow": {"splits": (10,), "mse_weight": 1.0, "pair_weight": 0.0},  # alpha = 0
+    },
 )
 
 THREE_STAGE = CascadeSpec(
@@ -145,8 +147,11 @@ THREE_STAGE = CascadeSpec(
         Stage("rank", "din", quota=20, bce_slots=20, icc_cutoff=30, icc_multiplier=4.0),
     ),
     index_column="rerank_index",
-    lcron_hard_labels=True,
-    ranknet_anchor_mask=False,
+    loss_defaults={
+        "lcron": {"hard_labels": True},            # label matrix thresholded at 0.001
+        "fs_ranknet": {"anchor_mask": False},      # no mask at all
+        "rankflow": {"splits": (30, 20), "mse_weight": 1.0, "pair_weight": 1.0},
+    },
 )
 
 SPECS: dict[str, CascadeSpec] = {TWO_STAGE.name: TWO_STAGE, THREE_STAGE.name: THREE_STAGE}

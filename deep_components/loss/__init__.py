@@ -6,6 +6,6 @@ below, add a launcher.
 from .base import CascadeLoss
 from .registry import LOSSES, build_loss, register
 
-from . import bce, lcron  # noqa: E402,F401  (registration side effects)
+from . import arf, arf_v2, bce, fs_lambdaloss, fs_ranknet, icc, lcron, rankflow  # noqa: E402,F401  (registration side effects)
 
 __all__ = ["CascadeLoss", "LOSSES", "build_loss", "register"]

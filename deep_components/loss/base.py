@@ -29,7 +29,8 @@ class CascadeLoss(nn.Module):
     """Base class: option handling, input checks and the forward contract.
 
     Subclasses set ``OPTIONS`` (name -> default; every constant of METHODS §10 is one) and
-    implement :meth:`compute`.  ``mask_mode`` is "true" (per-slot mask, METHODS §6.2) or
+    implement :meth:`compute`.  Defaults that differ per setting come from
+    ``spec.loss_defaults[name]``; user options override both.  ``mask_mode`` is "true" (per-slot mask, METHODS §6.2) or
     "reference" (the reference's prefix-from-count behaviour).
     """
 
@@ -47,7 +48,7 @@ class CascadeLoss(nn.Module):
                              f"valid options: {sorted(self.OPTIONS) + ['mask_mode']}")
         self.spec = spec
         self.mask_mode = mask_mode
-        self.opts = {**self.OPTIONS, **options}
+        self.opts = {**self.OPTIONS, **spec.loss_defaults.get(self.name, {}), **options}
 
     def forward(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict[str, Any]:
         T, N = self.spec.num_stages, self.spec.num_slots

@@ -16,27 +16,26 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..sorting import get_sorter, label_permutation_matrix, neural_sort
-from .base import CascadeLoss, UncertaintyWeights, as_float, column_normalised, sort_masks, top_tail
+from .base import UncertaintyWeights, as_float, column_normalised
 from .registry import register
+from .sorting_base import SortingLoss
 
 TERMS = ("both", "single", "e2e")
 
 
 @register("lcron")
-class LCRONLoss(CascadeLoss):
+class LCRONLoss(SortingLoss):
     """Options (defaults reproduce the reference):
 
     tau 50 (score sort temperature); sort "neural" | "soft"; k (L_single cut-off, model and
     label; default gt_num); e2e_k: int, "gt" (= gt_num, default) or "quota" (per-stage quotas);
-    hard_labels (default from the spec); threshold 0.001; label_tau None = exact label matrix
+    hard_labels (per setting: soft in two-stage, hard in three-stage); threshold 0.001; label_tau None = exact label matrix
     (= NeuralSort at 1e-4), else NeuralSort(ℓ, label_tau); eps 1e-6; terms "both" | "single" |
     "e2e"; fixed_weights None = learned uncertainty weights, else a float or one per stage
     (loss = Σ λ_t L_single,t + L_e2e, no log term).
     """
 
-    OPTIONS = {"tau": 50.0, "sort": "neural", "k": None, "e2e_k": "gt", "hard_labels": None,
-               "threshold": 1e-3, "label_tau": None, "eps": 1e-6, "terms": "both",
+    OPTIONS = {**SortingLoss.SORT_OPTIONS, "tau": 50.0, "k": None, "e2e_k": "gt", "terms": "both",
                "fixed_weights": None}
 
     def __init__(self, spec, mask_mode: str = "true", **options):
@@ -44,7 +43,6 @@ class LCRONLoss(CascadeLoss):
         o = self.opts
         if o["terms"] not in TERMS:
             raise ValueError(f"lcron: terms must be one of {TERMS}, got {o['terms']!r}")
-        self.sorter = get_sorter(o["sort"])
         T = spec.num_stages
         self.k = int(o["k"] or spec.gt_num)
         e2e_k = o["e2e_k"]
@@ -56,7 +54,6 @@ class LCRONLoss(CascadeLoss):
             self.e2e_k = [e2e_k] * T
         else:
             raise ValueError(f"lcron: e2e_k must be an int, 'gt' or 'quota', got {e2e_k!r}")
-        self.hard = spec.lcron_hard_labels if o["hard_labels"] is None else bool(o["hard_labels"])
         fw = o["fixed_weights"]
         if fw is None:
             self.weights = UncertaintyWeights(T) if o["terms"] != "e2e" else None
@@ -67,25 +64,15 @@ class LCRONLoss(CascadeLoss):
                 raise ValueError(f"lcron: fixed_weights needs {T} values, got {len(fw)}")
             self.weights, self.fixed = None, fw
 
-    def label_matrix(self, sort_labels: Tensor) -> Tensor:
-        o = self.opts
-        lam = (label_permutation_matrix(sort_labels) if o["label_tau"] is None
-               else neural_sort(sort_labels, o["label_tau"]).detach())
-        if self.hard:
-            lam = (lam > o["threshold"]).to(sort_labels.dtype)
-        return lam
-
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
-        o, eps, spec = self.opts, self.opts["eps"], self.spec
+        o, eps = self.opts, self.opts["eps"]
         n = labels.shape[-1]
-        sm = sort_masks(labels, mask, self.mask_mode)
-        lam = self.label_matrix(sm.sort_labels) * sm.pair
-        y, y_bar = top_tail(lam, spec.gt_num)                                 # [B, N]
+        sm, _, y, y_bar = self.prepare(labels, mask)                          # y, ȳ: [B, N]
         keep = (sm.count > self.k).to(labels.dtype)                           # [B]
         out: dict = {}
         singles, joint_in, joint_out = [], 1.0, 1.0
         for t, s in enumerate(logits):
-            P = self.sorter(s, o["tau"]) * sm.pair                           # [B, N, N]
+            P = self.permutation(s, sm)                                       # [B, N, N]
             if o["terms"] != "e2e":
                 U, D = column_normalised(P, self.k, eps)
                 per_slot = -torch.log(U + eps) * y * sm.slot - torch.log(D + eps) * y_bar * sm.slot

@@ -1,0 +1,52 @@
+"""FS-RankNet: per stage, every group's slots (anchors) against every slot of the later groups
+(opponents) with a pairwise logistic loss (METHODS.md §4.4).
+
+    L_a    = Σ_b Σ_{i∈A_a} Σ_{j∈O_a} w_i sp(s_j - s_i) / (n_a · Z_a),   n_a = |O_a| = 10 (G-1-a)
+    stage  = Σ_{a=0}^{G-2} L_a,    loss = Σ_t stage(s_t)
+
+Two-stage: anchors weighted by their mask, Z_a = number of valid anchors of group a in the batch.
+Three-stage: no mask at all, Z_a = 10 B.  (``anchor_mask`` is the per-setting switch.)
+mask_mode "true" also zeroes pairs with a padded opponent (and, in three-stage, padded anchors),
+keeps the fixed normalisers, and skips a group with no valid anchor in the batch.
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from .base import CascadeLoss, as_float
+from .registry import register
+
+
+@register("fs_ranknet")
+class FSRankNetLoss(CascadeLoss):
+    OPTIONS = {"anchor_mask": True}
+
+    def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
+        spec, true_mode = self.spec, self.mask_mode == "true"
+        g, G = spec.group_size, spec.num_groups
+        m = mask.to(labels.dtype)
+        B = labels.shape[0]
+        out: dict = {}
+        total = 0.0
+        for t, s in enumerate(logits):
+            stage = 0.0
+            for a in range(G - 1):
+                anchors, opp = s[:, a * g:(a + 1) * g], s[:, (a + 1) * g:]
+                pair = F.softplus(opp.unsqueeze(1) - anchors.unsqueeze(2))     # [B, g, n_a]
+                w_anchor = m[:, a * g:(a + 1) * g]
+                if self.opts["anchor_mask"]:
+                    weight, norm = w_anchor, w_anchor.sum()
+                    if true_mode and float(norm) == 0.0:
+                        continue                                  # empty group: skip (§6.2.5)
+                else:
+                    weight = w_anchor if true_mode else None
+                    norm = g * B
+                pair = pair * weight.unsqueeze(-1) if weight is not None else pair
+                if true_mode:
+                    pair = pair * m[:, (a + 1) * g:].unsqueeze(1)
+                stage = stage + pair.sum() / (opp.shape[1] * norm)
+            out[self.stage_key("ranknet", t)] = as_float(stage)
+            total = total + stage
+        out["loss"] = total
+        return out
