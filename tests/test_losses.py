@@ -18,17 +18,60 @@ SPECS = {"two": TWO_STAGE, "three": THREE_STAGE}
 EXPECTED = {
     ("two", "bce"): (1.9249246, [(6.685802e-02, -4.083524e-03), (9.101927e-02, -5.152582e-03)],
                      None, {}),
+    ("two", "icc"): (0.4809839, [(1.989267e-02, 0.0), (2.951346e-02, -3.344914e-03)], None, {}),
+    ("two", "rankflow"): (5.0186572, [(4.859627e-01, -2.492836e-02), (7.515384e-02, -3.435054e-03)],
+                          None, {}),
+    ("two", "fs_ranknet"): (7.2309942, [(3.524628e-01, -2.124700e-02),
+                                        (2.819184e-01, -1.595667e-02)], None, {}),
+    ("two", "fs_lambdaloss"): (33.4158707, [(2.033958, -2.715545e-01), (2.156503, -1.980558e-01)],
+                               None, {}),
+    ("two", "arf"): (1.9349747, [(5.304575e-03, -5.947177e-04), (7.341480e-03, -2.743639e-04)],
+                     [0.9069331, 0.9076355],
+                     {"global/retrieval": 0.0930669, "global/prerank": 0.0923645,
+                      "relax/retrieval": 0.9193584, "relax/prerank": 0.9229006}),
+    ("two", "arf_v2"): (1.9107217, [(1.056595e-02, -2.168532e-03), (1.002867e-02, -1.902703e-03)],
+                        [0.9069331, 0.9076355],
+                        {"relax/retrieval": 1.1199332, "relax/prerank": 0.6980729}),
     ("two", "lcron"): (1.5084666, [(5.447333e-02, -8.234977e-03), (5.640509e-02, -4.697532e-03)],
                        [0.3643119, 0.3583734],
                        {"e2e": 0.8698093, "single/retrieval": 0.6356881,
                         "single/prerank": 0.6416266}),
     ("three", "bce"): (2.8852341, [(5.730108e-02, -3.266819e-03), (6.488471e-02, -2.576291e-03),
                                    (9.606576e-02, -3.572538e-03)], None, {}),
+    ("three", "icc"): (0.8987898, [(1.355015e-02, 0.0), (4.641228e-02, 0.0),
+                                   (9.086063e-02, -2.440322e-03)], None, {}),
+    ("three", "rankflow"): (9.9867363, [(4.699389e-01, -2.642260e-02), (5.299386e-01, -2.651645e-02),
+                                        (7.802022e-02, -2.381692e-03)], None, {}),
+    ("three", "fs_ranknet"): (12.6176357, [(2.916924e-01, -1.919275e-02),
+                                           (3.411227e-01, -1.584530e-02),
+                                           (3.357613e-01, -1.287531e-02)], None, {}),
+    ("three", "fs_lambdaloss"): (64.1851654, [(2.040931, -2.826197e-01), (2.393920, -2.196003e-01),
+                                              (2.564138, -1.802187e-01)], None, {}),
+    ("three", "arf"): (2.4769673, [(5.071816e-03, -3.537264e-04), (6.860661e-03, -1.186911e-04),
+                                   (9.221622e-03, 8.257957e-06)], [0.9216934, 0.9213256, 0.9211770],
+                       {"global/retrieval": 0.0783066, "global/prerank": 0.0786744,
+                        "global/rank": 0.0788230, "relax/retrieval": 0.7794402,
+                        "relax/prerank": 0.7838806, "relax/rank": 0.7957444}),
+    ("three", "arf_v2"): (2.9351652, [(1.168705e-02, -2.379039e-03), (1.086739e-02, -2.060533e-03),
+                                      (1.061342e-02, -1.792300e-03)],
+                          [0.9216934, 0.9213256, 0.9211770],
+                          {"relax/retrieval": 1.3486390, "relax/prerank": 0.8513926,
+                           "relax/rank": 0.6172314}),
     ("three", "lcron"): (4.8572917, [(9.944291e-02, -1.749372e-02), (9.778570e-02, -1.969155e-02),
                                      (9.550937e-02, -2.119623e-02)],
                          [-1.287171, -1.387451, -1.539276],
                          {"e2e": 1.2503424, "single/retrieval": 2.2871716,
                           "single/prerank": 2.3874516, "single/rank": 2.5392754}),
+}
+METHODS = sorted({name for _, name in EXPECTED})
+#: the recommended component names (METHODS §4) of each method, per setting
+COMPONENTS = {
+    ("two", "rankflow"): {"bce/retrieval", "bce/prerank", "mse/retrieval"},
+    ("three", "rankflow"): {"bce/retrieval", "bce/prerank", "mse/retrieval", "pair/retrieval",
+                            "bce/rank", "mse/prerank", "pair/prerank"},
+    ("two", "icc"): {"icc"},
+    ("two", "fs_ranknet"): {"ranknet/retrieval", "ranknet/prerank"},
+    ("three", "fs_lambdaloss"): {"lambda/retrieval", "lambda/prerank", "lambda/rank"},
 }
 
 
@@ -49,7 +92,7 @@ def test_selfcheck_values(key, mask_mode):
     assert _close(out["loss"].item(), loss_v)
     for s, (norm, g00) in zip(logits, grads):
         assert _close(s.grad.norm().item(), norm, rel=1e-5)
-        assert _close(s.grad[0, 0].item(), g00, rel=1e-5)
+        assert _close(s.grad[0, 0].item(), g00, rel=1e-5, abs_=1e-9)
     if wgrads is None:
         assert len(list(loss.parameters())) == 0
     else:
@@ -60,6 +103,8 @@ def test_selfcheck_values(key, mask_mode):
     for k, v in comps.items():
         assert _close(out[k], v, rel=1e-6)
     assert all(isinstance(v, float) for k, v in out.items() if k != "loss")
+    if key in COMPONENTS:
+        assert set(out) - {"loss"} == COMPONENTS[key]
 
 
 def test_bce_components_by_hand():
@@ -95,12 +140,20 @@ def test_label_matrix_equals_neuralsort_at_small_tau():
     assert torch.allclose(exact.sum(1), torch.ones(4, 12, dtype=torch.float64))
 
 
+#: ICC's 1e-3 logistic is numerically a step: check it at a softer temperature.  RankFlow's
+#: distillation teacher is detached by design: its MSE is checked by hand below.
+GRADCHECK_OPTIONS = {"icc": {"sigma_ind": 0.2}, "rankflow": {"mse_weight": 0.0}}
+
+
 @pytest.mark.parametrize("setting", ["two", "three"])
-@pytest.mark.parametrize("name", ["bce", "lcron"])
+@pytest.mark.parametrize("name", METHODS)
 def test_loss_gradcheck(setting, name, monkeypatch):
-    """Analytical gradients equal finite differences (float64).  LCRON's column sums are
-    stop-gradient by design (§3.5), so they are held at their values at the checked point:
-    the gradient must be the derivative of the loss with those quantities constant."""
+    """Analytical gradients equal finite differences (float64, with padded slots).
+
+    Stop-gradient quantities are held at their values at the checked point: LCRON's and
+    ARF-v2's detached column sums (§3.5); FS-LambdaLoss's detached weights and every top-k
+    selection are locally constant anyway."""
+    import deep_components.loss.arf_v2 as arf_v2_mod
     import deep_components.loss.lcron as lcron_mod
     from deep_components.loss.base import top_tail
 
@@ -108,7 +161,8 @@ def test_loss_gradcheck(setting, name, monkeypatch):
     logits, labels, mask = selfcheck_inputs(spec, torch.float64)
     logits = [s.detach().clone().requires_grad_() for s in logits]
     mask[1, 25] = False
-    loss = build_loss(name, spec).double()
+    labels[1, 25] = 0.0
+    loss = build_loss(name, spec, **GRADCHECK_OPTIONS.get(name, {})).double()
     frozen: list[torch.Tensor] = []
     calls = {"n": 0, "record": True}
 
@@ -120,11 +174,29 @@ def test_loss_gradcheck(setting, name, monkeypatch):
         calls["n"] += 1
         return top / denom, tail / denom
 
-    monkeypatch.setattr(lcron_mod, "column_normalised", column_normalised)
+    for mod in (lcron_mod, arf_v2_mod):
+        monkeypatch.setattr(mod, "column_normalised", column_normalised)
     loss(logits, labels, mask)                      # record the detached sums at the point
     calls["record"] = False
     assert torch.autograd.gradcheck(lambda *s: loss(list(s), labels, mask)["loss"], tuple(logits),
-                                    eps=1e-6, atol=1e-6, rtol=1e-4)
+                                    eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+
+
+def test_rankflow_distillation_teaches_the_earlier_stage_only():
+    spec = TWO_STAGE
+    logits, labels, mask = selfcheck_inputs(spec, torch.float64)
+    full = build_loss("rankflow", spec)(logits, labels, mask)
+    no_mse = build_loss("rankflow", spec, mse_weight=0.0)(
+        [s.detach().requires_grad_() for s in logits], labels, mask)
+    g_full = torch.autograd.grad(full["loss"], logits)
+    s1, s2 = logits[0].detach(), logits[1].detach()
+    top30 = torch.zeros_like(s1, dtype=torch.bool).scatter(-1, s1.topk(30).indices, True)
+    expected = 2 * (s1 - s2) * top30 / (2 * 30)       # d/ds1 of mean over B x 30 of (s1 - s2)²
+    inputs = [s.detach().requires_grad_() for s in logits]
+    g_no = torch.autograd.grad(build_loss("rankflow", spec, mse_weight=0.0)(inputs, labels, mask)["loss"], inputs)
+    assert torch.allclose(g_full[0] - g_no[0], expected, atol=1e-12)
+    assert torch.allclose(g_full[1], g_no[1], atol=1e-12)   # the teacher gets nothing from MSE
+    assert full["mse/retrieval"] == pytest.approx(float(((s1 - s2) ** 2 * top30).sum() / 60))
 
 
 def _padded_inputs(spec):
@@ -168,20 +240,68 @@ def test_true_mode_e2e_has_no_constant_for_masked_columns():
         assert math.isclose(ref[k], true[k], rel_tol=1e-6)
 
 
-def test_modes_agree_when_all_valid():
-    spec = THREE_STAGE
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("setting", ["two", "three"])
+def test_modes_agree_when_all_valid(name, setting):
+    spec = SPECS[setting]
     outs = []
     for mode in ("true", "reference"):
         logits, labels, mask = selfcheck_inputs(spec)
-        out = build_loss("lcron", spec, mask_mode=mode)(logits, labels, mask)
+        out = build_loss(name, spec, mask_mode=mode)(logits, labels, mask)
         out["loss"].backward()
         outs.append((out["loss"].item(), [s.grad.clone() for s in logits]))
     assert outs[0][0] == outs[1][0]
     assert all(torch.equal(a, b) for a, b in zip(outs[0][1], outs[1][1]))
 
 
+@pytest.mark.parametrize("name", METHODS)
+@pytest.mark.parametrize("setting", ["two", "three"])
+def test_true_mode_ignores_padded_labels(name, setting):
+    """§6.2.2: everything derived from labels uses ℓ·m, so a padded slot's stored label (the
+    reference gives a padded positive slot label 30) cannot matter."""
+    spec = SPECS[setting]
+    logits, labels, mask = _padded_inputs(spec)
+    relabel = labels.clone()
+    relabel[0, 5] = 30.0
+    loss = build_loss(name, spec, mask_mode="true")
+    assert loss(logits, labels, mask)["loss"].item() == loss(logits, relabel, mask)["loss"].item()
+
+
+@pytest.mark.parametrize("name", ["bce", "rankflow", "fs_ranknet", "fs_lambdaloss"])
+@pytest.mark.parametrize("setting", ["two", "three"])
+def test_true_mode_pointwise_and_pairwise_ignore_padded_slots(name, setting):
+    """§6.2.4: terms involving a padded slot weigh 0 and padded slots are never selected, so its
+    score changes nothing and receives no gradient."""
+    spec = SPECS[setting]
+    logits, labels, mask = _padded_inputs(spec)
+    loss = build_loss(name, spec, mask_mode="true")
+    a = loss(logits, labels, mask)
+    grads = torch.autograd.grad(a["loss"], logits)
+    moved = [s.detach().clone() for s in logits]
+    for s in moved:
+        s[0, 5] += 7.0                                  # the padded positive slot
+        s[1, 19] -= 3.0                                 # the padded negative slot
+    moved = [s.requires_grad_() for s in moved]
+    b = loss(moved, labels, mask)
+    assert a["loss"].item() == pytest.approx(b["loss"].item(), rel=1e-6)
+    for g in grads:
+        assert g[0, 5] == 0 and g[1, 19] == 0
+
+
+def test_fs_ranknet_empty_group_is_skipped_in_true_mode():
+    spec = TWO_STAGE
+    logits, labels, mask = selfcheck_inputs(spec)
+    mask[:, 10:20] = False                              # no valid rank_neg anchor in the batch
+    labels = labels * mask
+    ref = build_loss("fs_ranknet", spec, mask_mode="reference")(logits, labels, mask)
+    true = build_loss("fs_ranknet", spec, mask_mode="true")(logits, labels, mask)
+    assert math.isnan(ref["loss"].item())               # the reference divides 0 by 0
+    assert math.isfinite(true["loss"].item()) and true["loss"].item() > 0
+
+
 def test_registry_errors():
-    assert {"bce", "lcron"} <= set(LOSSES)
+    assert set(METHODS) == set(LOSSES) == {"bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss",
+                                           "arf", "arf_v2", "lcron"}
     with pytest.raises(ValueError, match=r"unknown loss 'lcorn' \(did you mean 'lcron'\?\); valid: "):
         build_loss("lcorn", TWO_STAGE)
     with pytest.raises(ValueError, match=r"no option 'taus' \(did you mean 'tau'\?\)"):
