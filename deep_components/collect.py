@@ -51,14 +51,20 @@ def _value(m: dict, key: str) -> float:
     return m[key]
 
 
+def variant(m: dict) -> tuple[str, str]:
+    """(method, tag): runs of one method with different --tag (ablations) are separate rows."""
+    return m["method"], m.get("tag", "") or ""
+
+
 def build_table(metrics: list[dict], setting: str) -> pd.DataFrame:
     cols = metric_columns(setting)
     rows = []
-    methods = sorted({m["method"] for m in metrics},
-                     key=lambda x: (PAPER_ORDER.index(x) if x in PAPER_ORDER else 99, x))
-    for method in methods:
-        ms = [m for m in metrics if m["method"] == method]
-        row = {"method": DISPLAY.get(method, method), "runs": len(ms)}
+    variants = sorted({variant(m) for m in metrics},
+                      key=lambda v: (PAPER_ORDER.index(v[0]) if v[0] in PAPER_ORDER else 99, v))
+    for method, tag in variants:
+        ms = [m for m in metrics if variant(m) == (method, tag)]
+        name = DISPLAY.get(method, method) + (f" [{tag}]" if tag else "")
+        row = {"method": name, "runs": len(ms)}
         for title, key in cols:
             v = np.array([_value(m, key) for m in ms], dtype=float)
             row[f"{title} mean"] = v.mean()
@@ -88,8 +94,9 @@ def to_markdown(df: pd.DataFrame, setting: str, title: str) -> str:
 
 
 def collect(runs_root: str | Path, setting: str, methods: list[str] | None = None,
-            out_dir: str | Path | None = None) -> tuple[pd.DataFrame, str]:
-    """Build, write (``<out_dir>/<setting>_results.{md,csv}``) and return (table, markdown)."""
+            out_dir: str | Path | None = None, plot: bool = False) -> tuple[pd.DataFrame, str]:
+    """Build, write (``<out_dir>/<setting>_results.{md,csv}``, and ``.png`` with ``plot``) and
+    return (table, markdown)."""
     metrics = load_metrics(Path(runs_root), setting, methods)
     if not metrics:
         raise FileNotFoundError(f"no metrics.json under {Path(runs_root) / setting}")
@@ -101,9 +108,14 @@ def collect(runs_root: str | Path, setting: str, methods: list[str] | None = Non
     md = to_markdown(df, setting, table_title(metrics, setting))
     out = Path(out_dir) if out_dir else Path(runs_root)
     out.mkdir(parents=True, exist_ok=True)
-    stem = f"{setting}_results" if not methods or len(methods) != 1 else f"{setting}_{methods[0]}"
+    stem = f"{setting}_{methods[0]}" if methods and len(methods) == 1 else f"{setting}_results"
     (out / f"{stem}.md").write_text(md + "\n")
     df.to_csv(out / f"{stem}.csv", index=False, float_format="%.6f")
+    if plot:
+        from .plot import plot_comparison
+
+        stage_titles = [t for t, k in metric_columns(setting) if k.endswith(".recall")]
+        plot_comparison(df, stage_titles, table_title(metrics, setting), out / f"{stem}.png")
     return df, md
 
 
@@ -114,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--out_dir", default=None, help="where to write the tables (default runs_root)")
+    ap.add_argument("--plot", action="store_true", help="also write a PNG comparison plot")
     a = ap.parse_args(argv)
     try:
-        _, md = collect(a.runs_root, a.setting, a.methods, a.out_dir)
+        _, md = collect(a.runs_root, a.setting, a.methods, a.out_dir, a.plot)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

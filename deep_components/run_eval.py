@@ -33,6 +33,7 @@ def evaluate_run(cfg: RunConfig) -> dict:
                    history_len=saved.get("seq_len", 50))
     result = evaluate(models, day, spec, device, cfg.eval_batch_size)
     result.update({"setting": spec.name, "method": saved["loss_type"], "run_id": saved["run_id"],
+                   "tag": saved.get("tag", ""), "loss_options": saved.get("loss_options", {}),
                    "test_day": test_day, "data_dir": str(data_dir),
                    "synthetic": bool(saved.get("synthetic")),
                    "eval_seconds": round(time.perf_counter() - t0, 3)})

@@ -69,6 +69,72 @@ def resolve_split(cfg: RunConfig, days: list[str]) -> tuple[list[str], str]:
     return sorted(train_days), test_day
 
 
+class Trainer:
+    """Towers, loss and optimisers of one run, trained day by day (``train_day``).
+
+    The shuffle of a day depends on (seed, day_index), where day_index is the day's position in
+    the run's day list, so training days[0..t-1] in one go or across calls gives the same model.
+    """
+
+    def __init__(self, cfg: RunConfig, spec: CascadeSpec, root: Path, id_counts: dict[str, int],
+                 device: torch.device, seed: int):
+        self.cfg, self.spec, self.root, self.device, self.seed = cfg, spec, root, device, seed
+        seed_everything(seed)
+        self.models = [m.to(device) for m in build_models(spec, id_counts, cfg.emb_dim)]
+        self.loss_fn = build_loss(cfg.loss_type, spec, mask_mode=cfg.mask_mode,
+                                  **cfg.loss_kwargs()).to(device)
+        self.optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.lr) for m in self.models]
+        if any(True for _ in self.loss_fn.parameters()):
+            self.optimizers.append(torch.optim.Adam(self.loss_fn.parameters(), lr=cfg.lr))
+        self.step = 0
+        self.requests = 0
+
+    def load(self, date: str):
+        return load_day(self.root, date, self.spec, self.cfg.tz, cache_dir=self.cfg.cache_dir,
+                        history_len=self.cfg.seq_len)
+
+    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, Any]:
+        out = self.loss_fn(forward_all(self.models, b), b["labels"], b["item_mask"])
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        for opt in self.optimizers:
+            opt.step()
+        return out
+
+    def train_day(self, date: str, day_index: int, log_file=None) -> bool:
+        """One pass over ``date`` (shuffled, full batches).  False once max_steps is reached."""
+        cfg = self.cfg
+        arrays = self.load(date).in_memory().arrays()
+        batches = batch_indices(len(arrays["request_id"]), cfg.batch_size, seed=[self.seed, day_index])
+        bar = tqdm(batches, desc=f"{cfg.loss_type} run {cfg.run_id} {date}", unit="batch",
+                   disable=not cfg.progress, leave=False, dynamic_ncols=True)
+        t_day = time.perf_counter()
+        for bi, idx in enumerate(bar):
+            out = self.train_step(batch_to_device({k: v[idx] for k, v in arrays.items()}, self.device))
+            self.step += 1
+            self.requests += len(idx)
+            rec = {"step": self.step, "day": date, "loss": float(out["loss"].detach())}
+            rec.update({k: v for k, v in out.items() if k != "loss"})
+            if log_file is not None:
+                log_file.write(json.dumps(rec) + "\n")
+            rate = (bi + 1) * cfg.batch_size / (time.perf_counter() - t_day)
+            if bi % 5 == 0:
+                bar.set_postfix(loss=f"{rec['loss']:.4f}", req_s=f"{rate:,.0f}")
+            if cfg.print_freq and self.step % cfg.print_freq == 0:
+                log.info("step %d day %s loss %.5f (%.0f req/s)", self.step, date, rec["loss"], rate)
+            if cfg.max_steps and self.step >= cfg.max_steps:
+                bar.close()
+                return False
+        bar.close()
+        return True
+
+    def evaluate(self, date: str) -> dict:
+        from .evaluate import evaluate
+
+        return evaluate(self.models, self.load(date), self.spec, self.device, self.cfg.eval_batch_size)
+
+
 def train(cfg: RunConfig) -> Path:
     """Train one run; returns its run folder (config, env, loss log, towers, train summary)."""
     spec = get_spec(cfg.setting)
@@ -80,59 +146,26 @@ def train(cfg: RunConfig) -> Path:
     train_days, test_day = resolve_split(cfg, days)
     id_counts = read_id_counts(root)
     seed = cfg.resolved_seed()
-    seed_everything(seed)
-    models = [m.to(device) for m in build_models(spec, id_counts, cfg.emb_dim)]
-    loss_fn = build_loss(cfg.loss_type, spec, mask_mode=cfg.mask_mode, **cfg.loss_kwargs()).to(device)
-    optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.lr) for m in models]
-    if any(True for _ in loss_fn.parameters()):
-        optimizers.append(torch.optim.Adam(loss_fn.parameters(), lr=cfg.lr))
+    trainer = Trainer(cfg, spec, root, id_counts, device, seed)
 
     run_dir = cfg.resolved_run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = cfg.to_dict() | {"train_days": train_days, "test_day": test_day, "seed": seed,
                                 "synthetic": synthetic_info(root), "id_counts": id_counts,
-                                "loss_repr": repr(loss_fn)}
+                                "loss_repr": repr(trainer.loss_fn)}
     write_json(run_dir / "config.json", resolved)
     write_json(run_dir / "env.json", environment(device))
 
-    step, requests, t_start = 0, 0, time.perf_counter()
+    t_start = time.perf_counter()
     with open(run_dir / "loss_log.jsonl", "w") as log_file:
         for di, date in enumerate(train_days):
-            day = load_day(root, date, spec, cfg.tz, cache_dir=cfg.cache_dir,
-                           history_len=cfg.seq_len).in_memory()
-            arrays = day.arrays()
-            batches = batch_indices(day.num_requests, cfg.batch_size, seed=[seed, di])
-            bar = tqdm(batches, desc=f"{cfg.loss_type} run {cfg.run_id} {date}", unit="batch",
-                       disable=not cfg.progress, leave=False, dynamic_ncols=True)
-            t_day = time.perf_counter()
-            for bi, idx in enumerate(bar):
-                b = batch_to_device({k: v[idx] for k, v in arrays.items()}, device)
-                out = loss_fn(forward_all(models, b), b["labels"], b["item_mask"])
-                for opt in optimizers:
-                    opt.zero_grad(set_to_none=True)
-                out["loss"].backward()
-                for opt in optimizers:
-                    opt.step()
-                step += 1
-                requests += len(idx)
-                rec = {"step": step, "day": date, "loss": float(out["loss"].detach())}
-                rec.update({k: v for k, v in out.items() if k != "loss"})
-                log_file.write(json.dumps(rec) + "\n")
-                rate = (bi + 1) * cfg.batch_size / (time.perf_counter() - t_day)
-                if bi % 5 == 0:
-                    bar.set_postfix(loss=f"{rec['loss']:.4f}", req_s=f"{rate:,.0f}")
-                if cfg.print_freq and step % cfg.print_freq == 0:
-                    log.info("step %d day %s loss %.5f (%.0f req/s)", step, date, rec["loss"], rate)
-                if cfg.max_steps and step >= cfg.max_steps:
-                    break
-            bar.close()
-            if cfg.max_steps and step >= cfg.max_steps:
+            if not trainer.train_day(date, di, log_file):
                 break
     seconds = time.perf_counter() - t_start
-    save_towers(run_dir, models, loss_fn, spec, id_counts, cfg)
+    save_towers(run_dir, trainer.models, trainer.loss_fn, spec, id_counts, cfg)
     write_json(run_dir / "train_summary.json", {
-        "steps": step, "requests": requests, "seconds": round(seconds, 3),
-        "requests_per_s": round(requests / seconds, 1) if seconds > 0 else None,
+        "steps": trainer.step, "requests": trainer.requests, "seconds": round(seconds, 3),
+        "requests_per_s": round(trainer.requests / seconds, 1) if seconds > 0 else None,
         "train_days": train_days})
     return run_dir
 

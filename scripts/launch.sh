@@ -1,43 +1,19 @@
 #!/usr/bin/env bash
-# Shared launcher: five runs of one method (train, then test), then the collected table.
+# Shared launcher: RUN_IDS runs of one method (train, then test), then the collected table.
 #   scripts/launch.sh SETTING METHOD [extra flags for run_train*.py]
 # Environment:
-#   DATA_DIR      RecFlow folder (default: <repo>/data). With no RecFlow days there, the
-#                 synthetic preset SYNTH_PRESET (default small) is generated into SYNTH_DIR
-#                 (default <repo>/data/synthetic/<preset>) and used instead.
+#   DATA_DIR      RecFlow folder (default: <repo>/data); without RecFlow days there, the synthetic
+#                 SYNTH_PRESET (default small) is generated into SYNTH_DIR and used instead
 #   RUNS_ROOT     where run folders go (default <repo>/runs/recflow or <repo>/runs/synthetic-<preset>)
 #   DEVICE        auto | cpu | cuda | cuda:N (default auto)
 #   RUN_IDS       run ids (default "30 31 32 33 34"); each is also the run's seed
 #   TAU           --tau passed to training (default: the paper's per-method value)
 set -euo pipefail
 SETTING=$1; METHOD=$2; shift 2
-REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PY=${PYTHON:-python}
-cd "$REPO"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 case $SETTING in two_stage) N=2 ;; three_stage) N=3 ;; *) echo "unknown setting $SETTING" >&2; exit 2 ;; esac
 case $METHOD in arf|arf_v2) DEFAULT_TAU=200 ;; lcron) DEFAULT_TAU=50 ;; *) DEFAULT_TAU=0 ;; esac
 TAU=${TAU:-$DEFAULT_TAU}
-DATA_DIR=${DATA_DIR:-$REPO/data}
-DEVICE=${DEVICE:-auto}
-RUN_IDS=${RUN_IDS:-"30 31 32 33 34"}
-
-if compgen -G "$DATA_DIR/all_stage/*.feather" > /dev/null || compgen -G "$DATA_DIR/all_stage/*.parquet" > /dev/null; then
-  RUNS_ROOT=${RUNS_ROOT:-$REPO/runs/recflow}
-else
-  PRESET=${SYNTH_PRESET:-small}
-  SYNTH_DIR=${SYNTH_DIR:-$REPO/data/synthetic/$PRESET}
-  echo "=================================================================================="
-  echo " No RecFlow data under $DATA_DIR: using the SYNTHETIC '$PRESET' dataset at"
-  echo " $SYNTH_DIR. Results are on SIMULATED data, not RecFlow; they say nothing about"
-  echo " the paper's numbers. Set DATA_DIR to a RecFlow download to reproduce the paper."
-  echo "=================================================================================="
-  if [ ! -f "$SYNTH_DIR/SYNTHETIC.json" ]; then
-    "$PY" -m deep_components.data.synthetic --out "$SYNTH_DIR" --preset "$PRESET" --quiet
-  fi
-  DATA_DIR=$SYNTH_DIR
-  RUNS_ROOT=${RUNS_ROOT:-$REPO/runs/synthetic-$PRESET}
-fi
-
 for ID in $RUN_IDS; do
   "$PY" deep_components/run_train$N.py --loss_type "$METHOD" --epochs "$ID" --tau "$TAU" \
       --data_dir "$DATA_DIR" --runs_root "$RUNS_ROOT" --device "$DEVICE" "$@"

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Every method of the paper on one setting (RUN_IDS runs each), then one comparison table
+# (Markdown + CSV) and a PNG plot under RUNS_ROOT.   scripts/run_all.sh SETTING [extra flags]
+# Environment as scripts/launch.sh, plus METHODS (default: all eight, in the paper's order).
+set -euo pipefail
+SETTING=$1; shift
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+export LCRON_SYNTH_ANNOUNCED=1
+METHODS=${METHODS:-"bce icc rankflow fs_ranknet fs_lambdaloss arf arf_v2 lcron"}
+for M in $METHODS; do
+  echo "---- $SETTING / $M ----"
+  bash "$REPO/scripts/launch.sh" "$SETTING" "$M" "$@"
+done
+"$PY" -m deep_components.collect --runs_root "$RUNS_ROOT" --setting "$SETTING" --methods $METHODS --plot
