@@ -7,7 +7,7 @@ import sys
 
 from .config import add_common_flags, config_from_args
 from .data.errors import DataError
-from .runtime import UsageError
+from .runtime import TrainingError, UsageError
 
 
 def main(setting: str, action: str, argv: list[str] | None = None) -> int:
@@ -33,4 +33,7 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
     except (DataError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except TrainingError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 3
     return 0

@@ -44,6 +44,9 @@ class RunConfig:
     max_steps: int | None = None
     progress: bool = True
     threads: int | None = None
+    ckpt_every: int = 200
+    resume: bool = False
+    skip_nonfinite: bool = False
 
     def resolved_seed(self) -> int:
         return self.run_id if self.seed is None else self.seed
@@ -115,6 +118,12 @@ def add_common_flags(ap: argparse.ArgumentParser) -> None:
     o.add_argument("--max_steps", type=int, default=None, help="stop after this many steps")
     o.add_argument("--no_progress", action="store_true", help="no progress bars")
     o.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    r = ap.add_argument_group("robustness")
+    r.add_argument("--ckpt_every", type=int, default=200,
+                   help="save the full training state every N steps (and at every day's end); 0 = days only")
+    r.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    r.add_argument("--skip_nonfinite", action="store_true",
+                   help="skip batches whose loss or gradient is NaN/inf (counted) instead of stopping")
 
 
 def config_from_args(a: argparse.Namespace, setting: str) -> RunConfig:
@@ -135,4 +144,62 @@ def config_from_args(a: argparse.Namespace, setting: str) -> RunConfig:
         cache_dir=a.cache_dir, train_days=a.train_days, test_day=a.test_day, run_dir=a.run_dir,
         runs_root=a.runs_root, sort=a.sort, mask_mode=a.mask_mode, loss_options=opts, tz=a.tz,
         print_freq=a.print_freq, tag=a.tag, max_steps=a.max_steps, progress=not a.no_progress,
-        threads=a.threads)
+        threads=a.threads, ckpt_every=a.ckpt_every, resume=a.resume,
+        skip_nonfinite=a.skip_nonfinite)
+
+
+def validate(cfg: RunConfig) -> None:
+    """Check every user-settable value up front; raise UsageError naming the flag."""
+    import math
+
+    from .cascade import get_spec
+    from .loss import build_loss
+    from .runtime import UsageError, resolve_device
+
+    def need(ok: bool, msg: str) -> None:
+        if not ok:
+            raise UsageError(msg)
+
+    try:
+        spec = get_spec(cfg.setting)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    need(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}")
+    need(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
+    need(cfg.eval_batch_size >= 1, f"--infer_recall_batch_size must be >= 1, got {cfg.eval_batch_size}")
+    need(math.isfinite(cfg.tau) and cfg.tau >= 0,
+         f"--tau must be > 0 (or 0 for the method's default), got {cfg.tau}")
+    need(cfg.emb_dim >= 1, f"--emb_dim must be >= 1, got {cfg.emb_dim}")
+    need(1 <= cfg.seq_len <= 50, f"--seq_len must be in 1..50 (history rows), got {cfg.seq_len}")
+    need(cfg.run_id >= 0, f"--epochs (the run id) must be >= 0, got {cfg.run_id}")
+    need(cfg.seed is None or cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}")
+    need(cfg.max_steps is None or cfg.max_steps >= 1, f"--max_steps must be >= 1, got {cfg.max_steps}")
+    need(cfg.ckpt_every >= 0, f"--ckpt_every must be >= 0, got {cfg.ckpt_every}")
+    need(cfg.print_freq >= 0, f"--print_freq must be >= 0, got {cfg.print_freq}")
+    need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
+    need(cfg.mask_mode in ("true", "reference"), f"--mask_mode must be true or reference")
+    if cfg.train_days and cfg.test_day:
+        need(cfg.test_day not in cfg.train_days,
+             f"--test_day {cfg.test_day} is also one of --train_days")
+    for name, k in _cutoff_options(cfg.loss_kwargs()):
+        need(isinstance(k, int) and spec.gt_num <= k <= spec.num_slots,
+             f"--loss_opt {name}: cut-offs must be whole numbers in [gt_num={spec.gt_num}, "
+             f"N={spec.num_slots}] for {spec.name}, got {k!r}")
+    kw = cfg.loss_kwargs()
+    if "tau" in kw:
+        need(isinstance(kw["tau"], (int, float)) and kw["tau"] > 0, f"tau must be > 0, got {kw['tau']!r}")
+    try:
+        build_loss(cfg.loss_type, spec, mask_mode=cfg.mask_mode, **kw)
+    except (ValueError, TypeError) as e:
+        raise UsageError(str(e)) from None
+    resolve_device(cfg.device)
+
+
+def _cutoff_options(kw: dict):
+    """(name, value) of every cut-off / quota-like loss option given, one per stage value."""
+    for name in ("k", "e2e_k", "support", "cutoffs", "top", "splits", "bce_slots"):
+        v = kw.get(name)
+        if v is None or v in ("gt", "quota"):
+            continue
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            yield name, x

@@ -18,6 +18,35 @@ class UsageError(Exception):
     """A problem the user can fix by changing a flag; entry points print it and exit 2."""
 
 
+class TrainingError(Exception):
+    """Training had to stop (e.g. a non-finite loss); entry points print it and exit 3."""
+
+
+def ensure_writable(path: Path, what: str, need_bytes: int = 0) -> None:
+    """Create ``path`` and prove it writable (and, with ``need_bytes``, roomy enough).
+
+    Raises UsageError naming the folder before any work is done there."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-test-{os.getpid()}"
+        with open(probe, "wb") as f:
+            f.write(b"ok")
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        raise UsageError(f"{path}: cannot write {what} here ({e.strerror or e}); choose a writable "
+                         "location") from None
+    if need_bytes:
+        import shutil
+
+        free = shutil.disk_usage(path).free
+        if free < need_bytes:
+            raise UsageError(f"{path}: only {free / 2**20:,.0f} MB free, {what} needs about "
+                             f"{need_bytes / 2**20:,.0f} MB; free space or choose another location")
+
+
 def resolve_device(name: str) -> torch.device:
     """'auto' (cuda if available), 'auto:N', 'cpu', 'cuda', 'cuda:N'."""
     index = None

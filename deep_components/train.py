@@ -25,7 +25,8 @@ from .data import batch_indices, default_split, list_days, load_day, read_id_cou
 from .data.errors import DataError
 from .loss import build_loss
 from .models import build_tower
-from .runtime import UsageError, environment, resolve_device, seed_everything, write_json
+from .runtime import (TrainingError, UsageError, ensure_writable, environment, resolve_device,
+                      seed_everything, write_json)
 
 log = logging.getLogger("deep_components.train")
 
@@ -74,6 +75,7 @@ class Trainer:
 
     The shuffle of a day depends on (seed, day_index), where day_index is the day's position in
     the run's day list, so training days[0..t-1] in one go or across calls gives the same model.
+    ``on_checkpoint(day_index, next_batch)`` is called every ``cfg.ckpt_every`` steps.
     """
 
     def __init__(self, cfg: RunConfig, spec: CascadeSpec, root: Path, id_counts: dict[str, int],
@@ -86,48 +88,86 @@ class Trainer:
         self.optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.lr) for m in self.models]
         if any(True for _ in self.loss_fn.parameters()):
             self.optimizers.append(torch.optim.Adam(self.loss_fn.parameters(), lr=cfg.lr))
+        self.params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
         self.step = 0
         self.requests = 0
+        self.skipped = 0
+        self.on_checkpoint = None
+        self.last_checkpoint = "none yet"
 
     def load(self, date: str):
         return load_day(self.root, date, self.spec, self.cfg.tz, cache_dir=self.cfg.cache_dir,
                         history_len=self.cfg.seq_len)
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> dict[str, Any]:
+    def _grads_finite(self) -> bool:
+        norms = [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
+        return bool(torch.isfinite(torch.stack(norms).sum())) if norms else True
+
+    def train_step(self, b: dict[str, torch.Tensor]) -> tuple[dict[str, Any], bool]:
+        """Forward, backward, step.  Returns (loss dict, ok); not ok = non-finite loss or
+        gradient, in which case no parameter moved."""
         out = self.loss_fn(forward_all(self.models, b), b["labels"], b["item_mask"])
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        for opt in self.optimizers:
-            opt.step()
-        return out
+        ok = bool(torch.isfinite(out["loss"].detach()))
+        if ok:
+            out["loss"].backward()
+            ok = self._grads_finite()
+        if ok:
+            for opt in self.optimizers:
+                opt.step()
+        return out, ok
 
-    def train_day(self, date: str, day_index: int, log_file=None) -> bool:
-        """One pass over ``date`` (shuffled, full batches).  False once max_steps is reached."""
+    def train_day(self, date: str, day_index: int, log_file=None, start_batch: int = 0) -> bool:
+        """One pass over ``date`` (shuffled, full batches) from batch ``start_batch``.
+        Returns False once max_steps is reached."""
         cfg = self.cfg
         arrays = self.load(date).in_memory().arrays()
         batches = batch_indices(len(arrays["request_id"]), cfg.batch_size, seed=[self.seed, day_index])
-        bar = tqdm(batches, desc=f"{cfg.loss_type} run {cfg.run_id} {date}", unit="batch",
-                   disable=not cfg.progress, leave=False, dynamic_ncols=True)
+        bar = tqdm(range(start_batch, len(batches)), desc=f"{cfg.loss_type} run {cfg.run_id} {date}",
+                   unit="batch", disable=not cfg.progress, leave=False, dynamic_ncols=True,
+                   initial=start_batch, total=len(batches))
         t_day = time.perf_counter()
-        for bi, idx in enumerate(bar):
-            out = self.train_step(batch_to_device({k: v[idx] for k, v in arrays.items()}, self.device))
+        for n, bi in enumerate(bar):
+            idx = batches[bi]
+            out, ok = self.train_step(batch_to_device({k: v[idx] for k, v in arrays.items()}, self.device))
             self.step += 1
             self.requests += len(idx)
             rec = {"step": self.step, "day": date, "loss": float(out["loss"].detach())}
             rec.update({k: v for k, v in out.items() if k != "loss"})
+            if not ok:
+                rec["skipped"] = True
+                self._non_finite(rec, date, bi)
             if log_file is not None:
                 log_file.write(json.dumps(rec) + "\n")
-            rate = (bi + 1) * cfg.batch_size / (time.perf_counter() - t_day)
-            if bi % 5 == 0:
+            rate = (n + 1) * cfg.batch_size / (time.perf_counter() - t_day)
+            if n % 5 == 0:
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", req_s=f"{rate:,.0f}")
             if cfg.print_freq and self.step % cfg.print_freq == 0:
                 log.info("step %d day %s loss %.5f (%.0f req/s)", self.step, date, rec["loss"], rate)
+            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.on_checkpoint:
+                if log_file is not None:
+                    log_file.flush()
+                self.on_checkpoint(day_index, bi + 1)
             if cfg.max_steps and self.step >= cfg.max_steps:
                 bar.close()
                 return False
         bar.close()
         return True
+
+    def _non_finite(self, rec: dict, date: str, batch: int) -> None:
+        comps = ", ".join(f"{k}={v:.6g}" for k, v in rec.items()
+                          if k not in ("step", "day", "skipped") and isinstance(v, float))
+        what = "loss" if not np.isfinite(rec["loss"]) else "gradient"
+        if self.cfg.skip_nonfinite:
+            self.skipped += 1
+            log.warning("skipped batch %d of %s (step %d): non-finite %s (%s)", batch, date,
+                        self.step, what, comps)
+            return
+        raise TrainingError(
+            f"non-finite {what} at step {self.step} (day {date}, batch {batch}): {comps}. "
+            f"Nothing was updated by this step; the last good checkpoint is {self.last_checkpoint}. "
+            "Lower --lr, check the data, or pass --skip_nonfinite to skip such batches.")
 
     def evaluate(self, date: str) -> dict:
         from .evaluate import evaluate
@@ -135,8 +175,33 @@ class Trainer:
         return evaluate(self.models, self.load(date), self.spec, self.device, self.cfg.eval_batch_size)
 
 
+def checkpoint_meta(cfg: RunConfig, spec: CascadeSpec, id_counts: dict[str, int],
+                    train_days: list[str], seed: int) -> dict[str, Any]:
+    """What a checkpoint must agree with to be resumed (checkpoint.MATCH_KEYS)."""
+    return {"setting": spec.name, "loss_type": cfg.loss_type, "towers": list(spec.towers),
+            "emb_dim": cfg.emb_dim, "id_counts": dict(id_counts), "loss_options": cfg.loss_kwargs(),
+            "mask_mode": cfg.mask_mode, "batch_size": cfg.batch_size, "lr": cfg.lr,
+            "seq_len": cfg.seq_len, "train_days": list(train_days), "seed": seed, "tz": cfg.tz}
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Keep the loss-log lines of steps <= ``step`` (those after the checkpoint are redone)."""
+    if not path.is_file():
+        return
+    with open(path) as f:
+        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    with open(path, "w") as f:
+        f.writelines(keep)
+
+
 def train(cfg: RunConfig) -> Path:
-    """Train one run; returns its run folder (config, env, loss log, towers, train summary)."""
+    """Train one run; returns its run folder (config, env, loss log, checkpoint, towers, summary)."""
+    from .checkpoint import (CHECKPOINT_FILE, check_compatible, load_checkpoint, restore,
+                             save_checkpoint)
+    from .config import validate
+    from .data.cache import default_cache_dir
+
+    validate(cfg)
     spec = get_spec(cfg.setting)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -146,26 +211,62 @@ def train(cfg: RunConfig) -> Path:
     train_days, test_day = resolve_split(cfg, days)
     id_counts = read_id_counts(root)
     seed = cfg.resolved_seed()
-    trainer = Trainer(cfg, spec, root, id_counts, device, seed)
-
     run_dir = cfg.resolved_run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    resolved = cfg.to_dict() | {"train_days": train_days, "test_day": test_day, "seed": seed,
-                                "synthetic": synthetic_info(root), "id_counts": id_counts,
-                                "loss_repr": repr(trainer.loss_fn)}
-    write_json(run_dir / "config.json", resolved)
-    write_json(run_dir / "env.json", environment(device))
+    ensure_writable(run_dir, "the run folder")
+    ensure_writable(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root), "the data cache")
+    trainer = Trainer(cfg, spec, root, id_counts, device, seed)
+    param_bytes = sum(p.numel() * p.element_size() for p in trainer.params)
+    ensure_writable(run_dir, "a checkpoint", need_bytes=4 * param_bytes)  # params + Adam + towers
 
+    meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    log_path = run_dir / "loss_log.jsonl"
+    start_day, start_batch = 0, 0
+    if cfg.resume:
+        ckpt = load_checkpoint(ckpt_path, device)
+        check_compatible(ckpt["meta"], meta, ckpt_path)
+        restore(trainer, ckpt, ckpt_path)
+        pos = ckpt["position"]
+        start_day, start_batch = pos["day_index"], pos["batch_index"]
+        trainer.step, trainer.requests, trainer.skipped = pos["step"], pos["requests"], pos["skipped"]
+        trainer.last_checkpoint = f"{ckpt_path} (step {pos['step']})"
+        _truncate_log(log_path, pos["step"])
+        log.warning("resuming %s from step %d (day %d, batch %d)", run_dir, pos["step"],
+                    start_day, start_batch)
+    else:
+        resolved = cfg.to_dict() | {"train_days": train_days, "test_day": test_day, "seed": seed,
+                                    "synthetic": synthetic_info(root), "id_counts": id_counts,
+                                    "loss_repr": repr(trainer.loss_fn)}
+        write_json(run_dir / "config.json", resolved)
+        write_json(run_dir / "env.json", environment(device))
+    ckpt_times: list[float] = []
+
+    def checkpoint(day_index: int, next_batch: int) -> None:
+        pos = {"day_index": day_index, "batch_index": next_batch, "step": trainer.step,
+               "requests": trainer.requests, "skipped": trainer.skipped}
+        ckpt_times.append(save_checkpoint(ckpt_path, trainer, meta, pos))
+        trainer.last_checkpoint = f"{ckpt_path} (step {trainer.step})"
+
+    trainer.on_checkpoint = checkpoint
     t_start = time.perf_counter()
-    with open(run_dir / "loss_log.jsonl", "w") as log_file:
+    requests_before = trainer.requests
+    with open(log_path, "a" if cfg.resume else "w") as log_file:
         for di, date in enumerate(train_days):
-            if not trainer.train_day(date, di, log_file):
+            if di < start_day:
+                continue
+            done = trainer.train_day(date, di, log_file, start_batch if di == start_day else 0)
+            log_file.flush()
+            if not done:
                 break
+            checkpoint(di + 1, 0)                                    # day boundary
     seconds = time.perf_counter() - t_start
     save_towers(run_dir, trainer.models, trainer.loss_fn, spec, id_counts, cfg)
+    done_requests = trainer.requests - requests_before
     write_json(run_dir / "train_summary.json", {
         "steps": trainer.step, "requests": trainer.requests, "seconds": round(seconds, 3),
-        "requests_per_s": round(trainer.requests / seconds, 1) if seconds > 0 else None,
+        "requests_per_s": round(done_requests / seconds, 1) if seconds > 0 else None,
+        "skipped_nonfinite": trainer.skipped, "checkpoints": len(ckpt_times),
+        "checkpoint_seconds": round(sum(ckpt_times), 3), "resumed": cfg.resume,
         "train_days": train_days})
     return run_dir
 

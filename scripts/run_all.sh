@@ -7,8 +7,12 @@ SETTING=$1; shift
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 export LCRON_SYNTH_ANNOUNCED=1
 METHODS=${METHODS:-"bce icc rankflow fs_ranknet fs_lambdaloss arf arf_v2 lcron"}
+TIMES=()
 for M in $METHODS; do
   echo "---- $SETTING / $M ----"
+  T0=$SECONDS
   bash "$REPO/scripts/launch.sh" "$SETTING" "$M" "$@"
+  TIMES+=("$M $((SECONDS - T0))s")
 done
+echo "wall time per method (all runs, train + test): ${TIMES[*]}"
 "$PY" -m deep_components.collect --runs_root "$RUNS_ROOT" --setting "$SETTING" --methods $METHODS --plot

@@ -1,0 +1,97 @@
+"""Complete, atomic, safely loadable training checkpoints.
+
+A checkpoint holds every tower, every optimiser, the loss module (learnable weights), the RNG
+states of Python, NumPy and torch, and the position (day index, next batch index, step).  It is
+written to ``<file>.tmp`` then renamed over the last one, so a crash mid-write never corrupts
+the last good checkpoint, and loaded with ``torch.load(weights_only=True)`` (plain tensors and
+containers only; no code runs).  Resuming refuses a checkpoint whose method, setting or model
+shape differs from the run's, saying what differs.
+"""
+from __future__ import annotations
+
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .runtime import UsageError
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT = 1
+#: configuration that must be identical between a checkpoint and the run resuming it
+MATCH_KEYS = ("setting", "loss_type", "towers", "emb_dim", "id_counts", "loss_options",
+              "mask_mode", "batch_size", "lr", "seq_len", "train_days", "seed", "tz")
+
+
+def rng_state() -> dict[str, Any]:
+    np_state = np.random.get_state()
+    state = {"python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+             "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
+                       float(np_state[4])],
+             "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    v, internal, gauss = state["python"]
+    random.setstate((v, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, trainer, meta: dict, position: dict) -> float:
+    """Write atomically; returns the seconds it took."""
+    t0 = time.perf_counter()
+    obj = {"format": FORMAT, "meta": meta, "position": position, "rng": rng_state(),
+           "models": [m.state_dict() for m in trainer.models],
+           "loss": trainer.loss_fn.state_dict(),
+           "optimizers": [o.state_dict() for o in trainer.optimizers]}
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return time.perf_counter() - t0
+
+
+def load_checkpoint(path: Path, device: torch.device) -> dict:
+    if not path.is_file():
+        raise UsageError(f"{path}: no checkpoint to resume from (train without --resume first)")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # truncated, corrupt, or holding something other than tensors/containers
+        raise UsageError(f"{path}: cannot load checkpoint ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise UsageError(f"{path}: not a checkpoint of this version (format {FORMAT})")
+    return ckpt
+
+
+def check_compatible(saved: dict, current: dict, path: Path) -> None:
+    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
+             for k in MATCH_KEYS if saved.get(k) != current.get(k)]
+    if diffs:
+        raise UsageError(f"{path}: checkpoint does not match this run — " + "; ".join(diffs))
+
+
+def restore(trainer, ckpt: dict, path: Path) -> None:
+    try:
+        for m, sd in zip(trainer.models, ckpt["models"], strict=True):
+            m.load_state_dict(sd)
+        trainer.loss_fn.load_state_dict(ckpt["loss"])
+        for o, sd in zip(trainer.optimizers, ckpt["optimizers"], strict=True):
+            o.load_state_dict(sd)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise UsageError(f"{path}: checkpoint does not fit this run's models "
+                         f"({str(e).splitlines()[0][:300]})") from None
+    set_rng_state(ckpt["rng"])
