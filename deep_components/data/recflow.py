@@ -177,7 +177,10 @@ def _first_rows(arrays: list[Any], width: int, k: int, where: str) -> tuple[np.n
     for i, a in enumerate(arrays):  # one pass over the unpickled objects; no per-row work
         if a is None:
             continue
-        a = np.asarray(a)
+        try:
+            a = np.asarray(a)
+        except (ValueError, TypeError):
+            raise DataError(f"{where}: request #{i} of the day holds a ragged/non-array value") from None
         if a.size == 0:
             continue
         if a.ndim == 1:
@@ -251,10 +254,19 @@ def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
     rid_all = cols["request_id"]
     if rid_all.size == 0:
         raise DataError(f"{ap}: no rows (empty day {date})")
-    request_id, first = np.unique(rid_all, return_index=True)
+    request_id, first, inverse = np.unique(rid_all, return_index=True, return_inverse=True)
     R = request_id.shape[0]
+    for name in REQUEST_COLUMNS[1:]:  # one request id = one request: its columns are constant
+        col = cols[name]
+        bad = np.flatnonzero(col != col[first][inverse])
+        if bad.size:
+            i = int(bad[0])
+            raise DataError(f"{ap}: request_id {int(rid_all[i])} has conflicting {name} values "
+                            f"({int(col[first[inverse[i]]])} and {int(col[i])}): duplicated request "
+                            "id? (every request-level column must be constant within a request)")
     context = np.zeros((R, 8), dtype=np.int32)
-    context[:, :3] = calendar_features(cols["request_timestamp"][first] // 1000, tz)
+    req_ts_ms = cols["request_timestamp"][first]
+    context[:, :3] = calendar_features(req_ts_ms // 1000, tz)
     for j, name in enumerate(("user_id", "device_id", "gender", "age", "province")):
         v = cols[name][first]
         _check_range(name, v, None, counts[name], f"{ap}")
@@ -335,16 +347,18 @@ def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
     hist_list = _lookup(hd, rid_list, hp)
     del hd
     try:
-        raw = np.stack(hist_list).astype(np.int64, copy=False)
-    except ValueError:
-        shapes = {np.shape(h) for h in hist_list}
+        raw = np.stack(hist_list)
+    except (ValueError, TypeError):
+        shapes = sorted({str(getattr(h, "shape", type(h).__name__)) for h in hist_list})
         raise DataError(f"{hp}: expected every history to be an array of shape "
-                        f"[{HISTORY_LEN}, 10], found shapes {sorted(shapes)[:5]}") from None
+                        f"[{HISTORY_LEN}, 10], found {', '.join(shapes[:5])}") from None
     if raw.ndim != 3 or raw.shape[1] != HISTORY_LEN or raw.shape[2] < 8:
         raise DataError(f"{hp}: expected histories of shape [{HISTORY_LEN}, 10], found "
                         f"{raw.shape[1:]}")
     if not np.issubdtype(raw.dtype, np.integer):
         raise DataError(f"{hp}: expected integer histories, found dtype {raw.dtype}")
+    raw = raw.astype(np.int64, copy=False)
+    _check_history_layout(raw, req_ts_ms, request_id, hp)
     raw = raw[:, HISTORY_LEN - history_len:]
     hmask = raw[..., H_REQ_TS] > 0
     for name, c in (("video_id", H_VIDEO), ("author_id", H_AUTHOR),
@@ -362,6 +376,29 @@ def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
     return DayData(date=date, spec_name=spec.name, request_id=request_id.astype(np.int64),
                    context=context, history=history, history_mask=hmask, items=items,
                    item_mask=item_mask, labels=labels, stats=stats)
+
+
+def _check_history_layout(raw: np.ndarray, req_ts_ms: np.ndarray, request_id: np.ndarray,
+                          path: Path) -> None:
+    """Histories are left-padded zero rows (valid rows, column 7 > 0, a contiguous suffix) of
+    views no later than the request.  Anything else is a corrupt or foreign file."""
+    valid = raw[..., H_REQ_TS] > 0                                        # [R, 50]
+    n = valid.sum(axis=1)
+    problems = (
+        (valid != (np.arange(raw.shape[1])[None, :] >= raw.shape[1] - n[:, None])).any(axis=1),
+        "valid rows (column 7 > 0) are not a contiguous suffix (histories are left-padded)",
+        (raw[~valid] != 0).any(axis=-1) if (~valid).any() else np.zeros(0, bool),
+        "a padded row (column 7 <= 0) holds non-zero values",
+        (np.where(valid, raw[..., H_REQ_TS], 0) > req_ts_ms[:, None]).any(axis=1),
+        "a history view is later than the request itself",
+    )
+    for bad, what in zip(problems[::2], problems[1::2]):
+        if bad.any():
+            if bad.shape[0] == raw.shape[0]:
+                rid = int(request_id[np.flatnonzero(bad)[0]])
+            else:  # per padded row: map back to its request
+                rid = int(request_id[np.nonzero(~valid)[0][np.flatnonzero(bad)[0]]])
+            raise DataError(f"{path}: request {rid}: {what}; corrupt file?")
 
 
 def _bad_stage(path: Path, obj: Any):
