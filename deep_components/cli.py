@@ -17,23 +17,32 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
     add_common_flags(ap)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from .distributed import context, init_distributed, shutdown
+
     try:
         cfg = config_from_args(a, setting)
+        _, cfg.device = init_distributed(cfg.device)
+        if not context().is_main:
+            logging.getLogger().setLevel(logging.ERROR)
         if action == "train":
             from .train import train
 
             run_dir = train(cfg)
-            print(f"trained {cfg.loss_type} ({setting}, run {cfg.run_id}) -> {run_dir}")
+            if context().is_main:
+                print(f"trained {cfg.loss_type} ({setting}, run {cfg.run_id}) -> {run_dir}")
         else:
             from .run_eval import evaluate_run, format_metrics
 
             m = evaluate_run(cfg)
-            print(f"{m['method']} ({setting}, run {m['run_id']}, test day {m['test_day']}"
-                  f"{', SYNTHETIC data' if m['synthetic'] else ''}): {format_metrics(m)}")
+            if context().is_main:
+                print(f"{m['method']} ({setting}, run {m['run_id']}, test day {m['test_day']}"
+                      f"{', SYNTHETIC data' if m['synthetic'] else ''}): {format_metrics(m)}")
     except (DataError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    finally:
+        shutdown()
     return 0

@@ -166,6 +166,12 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(str(e)) from None
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}")
     need(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
+    from .distributed import context
+
+    world = context().world
+    need(cfg.batch_size % world == 0,
+         f"--batch_size {cfg.batch_size} is the global batch and must be divisible by the number "
+         f"of processes ({world})")
     need(cfg.eval_batch_size >= 1, f"--infer_recall_batch_size must be >= 1, got {cfg.eval_batch_size}")
     need(math.isfinite(cfg.tau) and cfg.tau >= 0,
          f"--tau must be > 0 (or 0 for the method's default), got {cfg.tau}")

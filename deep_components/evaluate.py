@@ -24,20 +24,32 @@ EVAL_SEED = 1024
 @torch.no_grad()
 def score_day(models: Sequence[nn.Module], day: DayData, device: torch.device,
               batch_size: int = 1024) -> list[np.ndarray]:
-    """Scores of every stage for every request: list of T float32 arrays [R, N]."""
+    """Scores of every stage for every request: list of T float32 arrays [R, N].
+
+    Under torchrun, evaluation batch i is scored by rank i mod W and the scores are gathered on
+    every rank; batches are the same as in one process, so the scores are bitwise identical."""
+    from .distributed import context
     from .train import batch_to_device
 
+    ctx = context()
     for m in models:
         m.eval()
     R = day.num_requests
-    out = [np.empty(day.item_mask.shape, dtype=np.float32) for _ in models]
-    for a in range(0, R, batch_size):
+    starts = list(range(0, R, batch_size))[ctx.rank::ctx.world]
+    mine = []
+    arrays = day.arrays()
+    for a in starts:
         idx = np.arange(a, min(a + batch_size, R))
-        b = batch_to_device({k: v[idx] for k, v in day.arrays().items()}, device)
-        for t, m in enumerate(models):
-            out[t][idx] = m(b["context"], b["history"], b["history_mask"], b["items"]).float().cpu().numpy()
+        b = batch_to_device({k: v[idx] for k, v in arrays.items()}, device)
+        mine.append((a, [m(b["context"], b["history"], b["history_mask"], b["items"]).float().cpu().numpy()
+                         for m in models]))
     for m in models:
         m.train()
+    out = [np.empty(day.item_mask.shape, dtype=np.float32) for _ in models]
+    for part in ctx.gather_objects(mine):
+        for a, scores in part:
+            for t, sc in enumerate(scores):
+                out[t][a:a + len(sc)] = sc
     return out
 
 

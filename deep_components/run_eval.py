@@ -37,7 +37,10 @@ def evaluate_run(cfg: RunConfig) -> dict:
                    "test_day": test_day, "data_dir": str(data_dir),
                    "synthetic": bool(saved.get("synthetic")),
                    "eval_seconds": round(time.perf_counter() - t0, 3)})
-    write_json(Path(run_dir) / "metrics.json", result)
+    from .distributed import context
+
+    if context().is_main:
+        write_json(Path(run_dir) / "metrics.json", result)
     return result
 
 

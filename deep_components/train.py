@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from .cascade import CascadeSpec, get_spec
 from .config import RunConfig
 from .data import batch_indices, default_split, list_days, load_day, read_id_counts, synthetic_info
 from .data.errors import DataError
+from .distributed import context
 from .loss import build_loss
 from .models import build_tower
 from .runtime import (TrainingError, UsageError, ensure_writable, environment, resolve_device,
@@ -81,8 +83,16 @@ class Trainer:
     def __init__(self, cfg: RunConfig, spec: CascadeSpec, root: Path, id_counts: dict[str, int],
                  device: torch.device, seed: int):
         self.cfg, self.spec, self.root, self.device, self.seed = cfg, spec, root, device, seed
+        self.dist = context()
         seed_everything(seed)
         self.models = [m.to(device) for m in build_models(spec, id_counts, cfg.emb_dim)]
+        # under torchrun each tower is wrapped in DDP (bucketed gradient all-reduce)
+        self.forward_models = self.models
+        if self.dist.enabled:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [device.index] if device.type == "cuda" else None
+            self.forward_models = [DDP(m, device_ids=ids) for m in self.models]
         self.loss_fn = build_loss(cfg.loss_type, spec, mask_mode=cfg.mask_mode,
                                   **cfg.loss_kwargs()).to(device)
         self.optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.lr) for m in self.models]
@@ -106,13 +116,15 @@ class Trainer:
     def train_step(self, b: dict[str, torch.Tensor]) -> tuple[dict[str, Any], bool]:
         """Forward, backward, step.  Returns (loss dict, ok); not ok = non-finite loss or
         gradient, in which case no parameter moved."""
-        out = self.loss_fn(forward_all(self.models, b), b["labels"], b["item_mask"])
+        out = self.loss_fn(forward_all(self.forward_models, b), b["labels"], b["item_mask"])
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        ok = bool(torch.isfinite(out["loss"].detach()))
+        # every rank must take the same branch, or the gradient all-reduce would hang
+        ok = self.dist.all_true(bool(torch.isfinite(out["loss"].detach())), self.device)
         if ok:
             out["loss"].backward()
-            ok = self._grads_finite()
+            self.dist.average_grads(self.loss_fn.parameters())
+            ok = self._grads_finite()                  # gradients are identical on every rank
         if ok:
             for opt in self.optimizers:
                 opt.step()
@@ -125,16 +137,19 @@ class Trainer:
         arrays = self.load(date).in_memory().arrays()
         batches = batch_indices(len(arrays["request_id"]), cfg.batch_size, seed=[self.seed, day_index])
         bar = tqdm(range(start_batch, len(batches)), desc=f"{cfg.loss_type} run {cfg.run_id} {date}",
-                   unit="batch", disable=not cfg.progress, leave=False, dynamic_ncols=True,
+                   unit="batch", disable=not cfg.progress or not self.dist.is_main, leave=False,
+                   dynamic_ncols=True,
                    initial=start_batch, total=len(batches))
         t_day = time.perf_counter()
         for n, bi in enumerate(bar):
-            idx = batches[bi]
+            idx = self.dist.shard(batches[bi])
             out, ok = self.train_step(batch_to_device({k: v[idx] for k, v in arrays.items()}, self.device))
             self.step += 1
-            self.requests += len(idx)
-            rec = {"step": self.step, "day": date, "loss": float(out["loss"].detach())}
-            rec.update({k: v for k, v in out.items() if k != "loss"})
+            self.requests += len(batches[bi])
+            values = {k: v for k, v in out.items() if k != "loss"}
+            values["loss"] = float(out["loss"].detach())
+            values = self.dist.mean_floats(values, self.device)       # the global batch's values
+            rec = {"step": self.step, "day": date, "loss": values.pop("loss"), **values}
             if not ok:
                 rec["skipped"] = True
                 self._non_finite(rec, date, bi)
@@ -174,6 +189,14 @@ class Trainer:
 
         return evaluate(self.models, self.load(date), self.spec, self.device, self.cfg.eval_batch_size)
 
+    def prepare_days(self, days: list[str]) -> None:
+        """Rank 0 converts the days into the cache first, so ranks never build it twice."""
+        if self.dist.enabled:
+            if self.dist.is_main:
+                for d in days:
+                    self.load(d)
+            self.dist.barrier()
+
 
 def checkpoint_meta(cfg: RunConfig, spec: CascadeSpec, id_counts: dict[str, int],
                     train_days: list[str], seed: int) -> dict[str, Any]:
@@ -202,6 +225,7 @@ def train(cfg: RunConfig) -> Path:
     from .data.cache import default_cache_dir
 
     validate(cfg)
+    ctx = context()
     spec = get_spec(cfg.setting)
     device = resolve_device(cfg.device)
     if cfg.threads:
@@ -212,11 +236,15 @@ def train(cfg: RunConfig) -> Path:
     id_counts = read_id_counts(root)
     seed = cfg.resolved_seed()
     run_dir = cfg.resolved_run_dir()
-    ensure_writable(run_dir, "the run folder")
-    ensure_writable(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root), "the data cache")
+    if ctx.is_main:
+        ensure_writable(run_dir, "the run folder")
+        ensure_writable(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root),
+                        "the data cache")
     trainer = Trainer(cfg, spec, root, id_counts, device, seed)
     param_bytes = sum(p.numel() * p.element_size() for p in trainer.params)
-    ensure_writable(run_dir, "a checkpoint", need_bytes=4 * param_bytes)  # params + Adam + towers
+    if ctx.is_main:
+        ensure_writable(run_dir, "a checkpoint", need_bytes=4 * param_bytes)  # params + Adam + towers
+    trainer.prepare_days(train_days)
 
     meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed)
     ckpt_path = run_dir / CHECKPOINT_FILE
@@ -230,39 +258,46 @@ def train(cfg: RunConfig) -> Path:
         start_day, start_batch = pos["day_index"], pos["batch_index"]
         trainer.step, trainer.requests, trainer.skipped = pos["step"], pos["requests"], pos["skipped"]
         trainer.last_checkpoint = f"{ckpt_path} (step {pos['step']})"
-        _truncate_log(log_path, pos["step"])
+        if ctx.is_main:
+            _truncate_log(log_path, pos["step"])
         log.warning("resuming %s from step %d (day %d, batch %d)", run_dir, pos["step"],
                     start_day, start_batch)
-    else:
+    elif ctx.is_main:
         resolved = cfg.to_dict() | {"train_days": train_days, "test_day": test_day, "seed": seed,
                                     "synthetic": synthetic_info(root), "id_counts": id_counts,
-                                    "loss_repr": repr(trainer.loss_fn)}
+                                    "loss_repr": repr(trainer.loss_fn), "world_size": ctx.world}
         write_json(run_dir / "config.json", resolved)
-        write_json(run_dir / "env.json", environment(device))
+        write_json(run_dir / "env.json", environment(device) | {"world_size": ctx.world})
     ckpt_times: list[float] = []
 
     def checkpoint(day_index: int, next_batch: int) -> None:
         pos = {"day_index": day_index, "batch_index": next_batch, "step": trainer.step,
                "requests": trainer.requests, "skipped": trainer.skipped}
-        ckpt_times.append(save_checkpoint(ckpt_path, trainer, meta, pos))
+        if ctx.is_main:                       # every rank holds the same state
+            ckpt_times.append(save_checkpoint(ckpt_path, trainer, meta, pos))
         trainer.last_checkpoint = f"{ckpt_path} (step {trainer.step})"
 
     trainer.on_checkpoint = checkpoint
     t_start = time.perf_counter()
     requests_before = trainer.requests
-    with open(log_path, "a" if cfg.resume else "w") as log_file:
+    with (open(log_path, "a" if cfg.resume else "w") if ctx.is_main else nullcontext()) as log_file:
         for di, date in enumerate(train_days):
             if di < start_day:
                 continue
             done = trainer.train_day(date, di, log_file, start_batch if di == start_day else 0)
-            log_file.flush()
+            if log_file is not None:
+                log_file.flush()
             if not done:
                 break
             checkpoint(di + 1, 0)                                    # day boundary
     seconds = time.perf_counter() - t_start
+    ctx.barrier()
+    if not ctx.is_main:
+        return run_dir
     save_towers(run_dir, trainer.models, trainer.loss_fn, spec, id_counts, cfg)
     done_requests = trainer.requests - requests_before
     write_json(run_dir / "train_summary.json", {
+        "world_size": ctx.world,
         "steps": trainer.step, "requests": trainer.requests, "seconds": round(seconds, 3),
         "requests_per_s": round(done_requests / seconds, 1) if seconds > 0 else None,
         "skipped_nonfinite": trainer.skipped, "checkpoints": len(ckpt_times),

@@ -1,0 +1,110 @@
+"""Multi-process training under torchrun (DistributedDataParallel), read from its environment.
+
+``torchrun --nproc_per_node=N deep_components/run_train2.py ...`` starts N processes with
+RANK / WORLD_SIZE / LOCAL_RANK set; each joins a process group (``gloo`` on CPU, ``nccl`` on
+CUDA).  Batch semantics: ``--batch_size`` is the **global** batch; every global batch of a
+day's seeded shuffle is cut into W contiguous slices of batch_size / W requests, rank r taking
+slice r.  Gradients are averaged over ranks, so a step equals the single-process step on the
+whole global batch for every loss that is a mean over requests.  Rank 0 alone writes logs,
+checkpoints and run folders.  Without torchrun everything here is a no-op (world size 1).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def shard(self, idx: np.ndarray) -> np.ndarray:
+        """This rank's contiguous slice of a global batch of indices."""
+        if not self.enabled:
+            return idx
+        per = len(idx) // self.world
+        return idx[self.rank * per:(self.rank + 1) * per]
+
+    def all_true(self, flag: bool, device: torch.device) -> bool:
+        """True on every rank iff ``flag`` is True on every rank."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.MIN)
+        return bool(t.item() > 0)
+
+    def mean_floats(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
+        """Average a dict of floats over ranks (same keys on every rank)."""
+        if not self.enabled or not values:
+            return values
+        keys = sorted(values)
+        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+
+    def average_grads(self, params) -> None:
+        """All-reduce (mean) the gradients of parameters that DDP does not manage."""
+        if not self.enabled:
+            return
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad.div_(self.world)
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def gather_objects(self, obj):
+        """List of every rank's ``obj`` on every rank."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+
+_CONTEXT: DistContext | None = None
+
+
+def init_distributed(device_name: str) -> tuple[DistContext, str]:
+    """Join the torchrun process group if there is one; returns (context, device name).
+
+    Under torchrun with CUDA, each process uses ``cuda:LOCAL_RANK``."""
+    global _CONTEXT
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        _CONTEXT = DistContext()
+        return _CONTEXT, device_name
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = device_name.startswith("cuda") or (device_name.startswith("auto") and torch.cuda.is_available())
+    if use_cuda:
+        device_name = f"cuda:{local}"
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    _CONTEXT = DistContext(rank=rank, world=world, local_rank=local)
+    return _CONTEXT, device_name
+
+
+def context() -> DistContext:
+    return _CONTEXT or DistContext()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
