@@ -183,7 +183,7 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.ckpt_every >= 0, f"--ckpt_every must be >= 0, got {cfg.ckpt_every}")
     need(cfg.print_freq >= 0, f"--print_freq must be >= 0, got {cfg.print_freq}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
-    need(cfg.mask_mode in ("true", "reference"), f"--mask_mode must be true or reference")
+    need(cfg.mask_mode in ("true", "reference"), "--mask_mode must be true or reference")
     if cfg.train_days and cfg.test_day:
         need(cfg.test_day not in cfg.train_days,
              f"--test_day {cfg.test_day} is also one of --train_days")

@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 
 from .cascade import get_spec
 from .config import RunConfig

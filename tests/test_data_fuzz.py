@@ -6,7 +6,6 @@ import contextlib
 import pickle
 import shutil
 import signal
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa

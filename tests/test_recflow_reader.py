@@ -7,7 +7,6 @@ import os
 import pickle
 import subprocess
 import sys
-import time
 import types
 import zoneinfo
 
@@ -19,21 +18,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from deep_components.cascade import THREE_STAGE, TWO_STAGE
-from deep_components.data import DataError, batch_indices, iter_batches, list_days, load_day
+from deep_components.data import DataError, batch_indices, iter_batches, load_day
 from deep_components.data import cache as cache_mod
 from deep_components.data.safe_pickle import safe_load_pickle
 from deep_components.data.timefeat import calendar_features
 
+from raw_files import read_raw_day
+
 DAY = "2024-01-14"
-
-
-def _raw(root, date=DAY):
-    a = pd.read_feather(root / "all_stage" / f"{date}.feather")
-    with open(root / "request_id_dict" / f"{date}.pkl", "rb") as f:
-        rd = pickle.load(f)
-    with open(root / "seq_effective_50_dict" / f"{date}.pkl", "rb") as f:
-        hd = pickle.load(f)
-    return a, rd, hd
 
 
 def _cal(ts_seconds, tz="Asia/Shanghai"):
@@ -61,7 +53,7 @@ def test_shapes_and_order(tiny_root, spec, tmp_path):
 @pytest.mark.parametrize("spec", [TWO_STAGE, THREE_STAGE], ids=["two", "three"])
 def test_one_request_by_hand(tiny_root, spec, tmp_path):
     """Rebuild one request from the raw files with plain pandas/pickle/zoneinfo."""
-    a, rd, hd = _raw(tiny_root)
+    a, rd, hd = read_raw_day(tiny_root, DAY)
     d = load_day(tiny_root, DAY, spec, cache_dir=tmp_path)
     # a request with a padded group, and an ordinary one
     short = [i for i, r in enumerate(d.request_id) if not d.item_mask[i].all()]

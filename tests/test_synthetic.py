@@ -12,17 +12,10 @@ from deep_components.cascade import THREE_STAGE, TWO_STAGE
 from deep_components.data import default_split, list_days
 from deep_components.data.synthetic import RECFLOW_ID_COUNTS, generate, main, preset_params
 
+from raw_files import read_raw_day
+
 STAGES = ("realshow", "rerank_pos", "rerank_neg", "rank_pos", "rank_neg", "coarse_neg",
           "prerank_neg")
-
-
-def _load(root, date):
-    a = pd.read_feather(root / "all_stage" / f"{date}.feather")
-    with open(root / "request_id_dict" / f"{date}.pkl", "rb") as f:
-        rd = pickle.load(f)
-    with open(root / "seq_effective_50_dict" / f"{date}.pkl", "rb") as f:
-        hd = pickle.load(f)
-    return a, rd, hd
 
 
 def _files(root):
@@ -65,7 +58,7 @@ def test_id_cnt_spelling_and_ranges(tiny_root):
     assert "video_id" in cnt and " category_level_two" in cnt and "category_level_two" not in cnt
     cnt = {k.strip(): v for k, v in cnt.items()}
     for date in list_days(tiny_root):
-        a, rd, hd = _load(tiny_root, date)
+        a, rd, hd = read_raw_day(tiny_root, date)
         assert all(a[c].dtype == np.int64 for c in a.columns)
         for c in ("user_id", "device_id", "age", "gender", "province", "video_id", "author_id",
                   "category_level_one", "category_level_two", "upload_type"):
@@ -75,7 +68,7 @@ def test_id_cnt_spelling_and_ranges(tiny_root):
 
 def test_every_request_in_both_pickles_and_arrays_well_formed(tiny_root):
     for date in list_days(tiny_root):
-        a, rd, hd = _load(tiny_root, date)
+        a, rd, hd = read_raw_day(tiny_root, date)
         rids = set(a["request_id"].unique().tolist())
         assert rids == set(rd) == set(hd)
         for rid in list(rids)[:100]:
@@ -88,7 +81,7 @@ def test_every_request_in_both_pickles_and_arrays_well_formed(tiny_root):
 
 def test_positives_have_flagged_rows_in_rank_order(tiny_root):
     date = list_days(tiny_root)[0]
-    a, rd, _ = _load(tiny_root, date)
+    a, rd, _ = read_raw_day(tiny_root, date)
     for flag, index in (("rank_pos", "rank_index"), ("rerank_pos", "rerank_index")):
         pos = a[a[flag] == 1].set_index(["request_id", "video_id"])[index]
         checked = 0
@@ -104,7 +97,7 @@ def test_positives_have_flagged_rows_in_rank_order(tiny_root):
 
 def test_groups_disjoint_and_sized(tiny_root):
     date = list_days(tiny_root)[1]
-    a, rd, _ = _load(tiny_root, date)
+    a, rd, _ = read_raw_day(tiny_root, date)
     for spec in (TWO_STAGE, THREE_STAGE):          # each setting's groups are disjoint
         assert a[list(spec.groups)].to_numpy().sum(axis=1).max() == 1
     full = [d for d in rd.values() if len(d) == 7 and all(len(v) >= 10 for k, v in d.items()
@@ -121,7 +114,7 @@ def test_groups_disjoint_and_sized(tiny_root):
 
 def test_histories_left_padded_and_strictly_earlier(tiny_root):
     days = list_days(tiny_root)
-    a, _, hd = _load(tiny_root, days[2])
+    a, _, hd = read_raw_day(tiny_root, days[2])
     req = a.groupby("request_id")[["request_timestamp", "user_id"]].first()
     n_valid = []
     for rid, h in hd.items():

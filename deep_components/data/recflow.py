@@ -246,7 +246,6 @@ def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
     rp = layout.pickle_path(root, layout.REQUEST_DICT_DIR, date)
     hp = layout.pickle_path(root, layout.HISTORY_DIR, date)
     counts = read_id_counts(root)
-    idp = str(root / layout.ID_COUNT_FILE)
 
     # ---- request-level features: first row of each request -------------------------------
     pos_flag = spec.positive_group
@@ -288,7 +287,7 @@ def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
     rid_list = request_id.tolist()
     per_request = _lookup(rd, rid_list, rp)
     del rd
-    G, K = spec.num_groups, spec.group_size
+    K = spec.group_size
     N = spec.num_slots
     items = np.zeros((R, N, 8), dtype=np.int32)
     items[:, :, 3] = CATE1_PAD

@@ -597,7 +597,7 @@ def describe(summary: dict, out: str | os.PathLike) -> str:
     p = summary["params"]
     lines = [
         f"Synthetic RecFlow dataset (preset {summary['preset']}, seed {summary['seed']}) at {out}",
-        f"  THIS IS SIMULATED DATA, not RecFlow: results on it say nothing about the paper's numbers.",
+        "  THIS IS SIMULATED DATA, not RecFlow: results on it say nothing about the paper's numbers.",
         f"  days       {summary['days'][0]} ... {summary['days'][-1]} ({len(summary['days'])})",
         f"  train/test {len(summary['train_days'])} days / {summary['test_day']}",
         f"  requests   {summary['requests']:,} ({p['requests_per_day']:,} per day), "
