@@ -134,6 +134,8 @@ def test_cache_reused_then_rebuilt_on_change(tiny_copy, tmp_path, monkeypatch):
     d2 = load_day(tiny_copy, DAY, TWO_STAGE, cache_dir=cdir)
     assert len(calls) == 1 and isinstance(d2.items, np.memmap)
     assert np.array_equal(d1.items, d2.items)
+    ram = d2.in_memory()
+    assert not isinstance(ram.items, np.memmap) and np.array_equal(ram.items, d2.items)
     entries = lambda: sorted(p.name for p in (cdir / "two_stage" / DAY).iterdir())
     first = entries()
     # a setting that shapes the arrays -> a new entry

@@ -77,7 +77,7 @@ class DayData:
     def in_memory(self) -> "DayData":
         """A copy with every array loaded into RAM (memory-mapped arrays are read once)."""
         return DayData(self.date, self.spec_name, stats=dict(self.stats),
-                       **{k: np.ascontiguousarray(v) for k, v in self.arrays().items()})
+                       **{k: np.array(v, copy=True) for k, v in self.arrays().items()})
 
 
 # --------------------------------------------------------------------------------------------
