@@ -320,10 +320,14 @@ def load_towers(run_dir: Path, device: torch.device) -> tuple[list[nn.Module], d
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise UsageError(f"{path}: no trained towers in this run folder (train it first)")
-    state = torch.load(path, map_location=device, weights_only=True)
-    meta = state["meta"]
-    spec = get_spec(meta["setting"])
-    models = build_models(spec, meta["id_counts"], meta["emb_dim"])
-    for m, sd in zip(models, state["models"]):
-        m.load_state_dict(sd)
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        meta = state["meta"]
+        spec = get_spec(meta["setting"])
+        models = build_models(spec, meta["id_counts"], meta["emb_dim"])
+        for m, sd in zip(models, state["models"], strict=True):
+            m.load_state_dict(sd)
+    except Exception as e:  # truncated/corrupt file, foreign content, mismatched shapes
+        raise UsageError(f"{path}: cannot load the trained towers ({type(e).__name__}: "
+                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
     return [m.to(device) for m in models], meta

@@ -239,3 +239,10 @@ def test_unwritable_run_folder_and_cache(tiny_root, tmp_path, monkeypatch):
     with pytest.raises(UsageError, match=r"only 0 MB free, a checkpoint needs about"):
         train(_cfg(tiny_root, tmp_path, run_dir=str(tmp_path / "full")))
     assert not (tmp_path / "full" / "loss_log.jsonl").exists()
+
+
+def test_corrupt_towers_file_is_a_clear_error(tiny_root, tmp_path):
+    run_dir = train(_cfg(tiny_root, tmp_path, max_steps=2))
+    (run_dir / "towers.pt").write_bytes(b"not a torch file")
+    with pytest.raises(UsageError, match=r"towers.pt: cannot load the trained towers"):
+        evaluate_run(_cfg(tiny_root, tmp_path))
