@@ -24,7 +24,8 @@ CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
 #: configuration that must be identical between a checkpoint and the run resuming it
 MATCH_KEYS = ("setting", "loss_type", "towers", "emb_dim", "id_counts", "loss_options",
-              "mask_mode", "batch_size", "lr", "seq_len", "train_days", "seed", "tz")
+              "mask_mode", "batch_size", "lr", "seq_len", "train_days", "seed", "tz", "vocab",
+              "vocab_digest", "emb_optimizer")
 
 
 def rng_state() -> dict[str, Any]:
@@ -55,6 +56,8 @@ def save_checkpoint(path: Path, trainer, meta: dict, position: dict) -> float:
            "models": [m.state_dict() for m in trainer.models],
            "loss": trainer.loss_fn.state_dict(),
            "optimizers": [o.state_dict() for o in trainer.optimizers]}
+    if trainer.vocab is not None:      # the rows' meaning travels with the rows
+        obj["vocab"] = trainer.vocab.state()
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as f:
         torch.save(obj, f)

@@ -47,6 +47,8 @@ class RunConfig:
     ckpt_every: int = 200
     resume: bool = False
     skip_nonfinite: bool = False
+    vocab: str = "compact"
+    emb_optimizer: str = "adam"
 
     def resolved_seed(self) -> int:
         return self.run_id if self.seed is None else self.seed
@@ -118,6 +120,12 @@ def add_common_flags(ap: argparse.ArgumentParser) -> None:
     o.add_argument("--max_steps", type=int, default=None, help="stop after this many steps")
     o.add_argument("--no_progress", action="store_true", help="no progress bars")
     o.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    o.add_argument("--vocab", default="compact", choices=["compact", "full"],
+                   help="embedding tables sized to the ids in the run's days (compact, default) or "
+                        "to id_cnt (full); both train to the same rows")
+    o.add_argument("--emb_optimizer", default="adam", choices=["adam", "lazy_adam"],
+                   help="adam: dense Adam over every row (the paper's recipe); lazy_adam: sparse "
+                        "gradients and SparseAdam over the rows a batch touches")
     r = ap.add_argument_group("robustness")
     r.add_argument("--ckpt_every", type=int, default=200,
                    help="save the full training state every N steps (and at every day's end); 0 = days only")
@@ -145,7 +153,7 @@ def config_from_args(a: argparse.Namespace, setting: str) -> RunConfig:
         runs_root=a.runs_root, sort=a.sort, mask_mode=a.mask_mode, loss_options=opts, tz=a.tz,
         print_freq=a.print_freq, tag=a.tag, max_steps=a.max_steps, progress=not a.no_progress,
         threads=a.threads, ckpt_every=a.ckpt_every, resume=a.resume,
-        skip_nonfinite=a.skip_nonfinite)
+        skip_nonfinite=a.skip_nonfinite, vocab=a.vocab, emb_optimizer=a.emb_optimizer)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -184,6 +192,12 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.print_freq >= 0, f"--print_freq must be >= 0, got {cfg.print_freq}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
     need(cfg.mask_mode in ("true", "reference"), "--mask_mode must be true or reference")
+    need(cfg.vocab in ("compact", "full"), f"--vocab must be compact or full, got {cfg.vocab!r}")
+    need(cfg.emb_optimizer in ("adam", "lazy_adam"),
+         f"--emb_optimizer must be adam or lazy_adam, got {cfg.emb_optimizer!r}")
+    if cfg.emb_optimizer == "lazy_adam" and context().enabled and context().backend == "nccl":
+        need(False, "--emb_optimizer lazy_adam gives sparse embedding gradients, which NCCL cannot "
+                    "all-reduce; under torchrun on GPUs use --emb_optimizer adam (or the gloo backend)")
     if cfg.train_days and cfg.test_day:
         need(cfg.test_day not in cfg.train_days,
              f"--test_day {cfg.test_day} is also one of --train_days")

@@ -23,6 +23,8 @@ class DistContext:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    #: "gloo" or "nccl" under torchrun, "" in one process
+    backend: str = ""
 
     @property
     def enabled(self) -> bool:
@@ -97,7 +99,7 @@ def init_distributed(device_name: str) -> tuple[DistContext, str]:
         torch.cuda.set_device(local)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    _CONTEXT = DistContext(rank=rank, world=world, local_rank=local)
+    _CONTEXT = DistContext(rank=rank, world=world, local_rank=local, backend=str(dist.get_backend()))
     return _CONTEXT, device_name
 
 

@@ -86,6 +86,11 @@ def cascade_metrics(scores: Sequence[np.ndarray], labels: np.ndarray, mask: np.n
 
 def evaluate(models: Sequence[nn.Module], day: DayData, spec: CascadeSpec, device: torch.device,
              batch_size: int = 1024) -> dict:
+    """Metrics of ``day`` (ids already mapped onto the towers' rows).  With a compact
+    vocabulary, ``unknown_ids`` counts per field the ids that went to the unknown row."""
     scores = score_day(models, day, device, batch_size)
-    return cascade_metrics(scores, np.asarray(day.labels), np.asarray(day.item_mask), spec,
-                           batch_size)
+    out = cascade_metrics(scores, np.asarray(day.labels), np.asarray(day.item_mask), spec,
+                          batch_size)
+    if "unknown_ids" in day.stats:
+        out["unknown_ids"] = dict(day.stats["unknown_ids"])
+    return out

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .embedding_init import fill_table
+
 ID_TABLES = ("user_id", "device_id", "gender", "age", "province", "video_id", "author_id",
              "category_level_two", "upload_type")
 CATE1_PAD = 2
@@ -22,18 +24,35 @@ MASKED_LOGIT = -(2 ** 30 - 1)
 
 
 class FeatureEmbeddings(nn.Module):
-    """One model's embedding tables (``id_cnt + 2`` rows each, padding row 0; cate1 padding 2;
-    weekday/hour/minute shared between request and upload time)."""
+    """One model's embedding tables (padding row 0; cate1 padding 2; weekday/hour/minute shared
+    between request and upload time).
 
-    def __init__(self, id_counts: Mapping[str, int], dim: int = 8):
+    Full size (``vocab=None``): ``id_cnt + 2`` rows per field, row = shifted id.  Compact: the
+    fields of the vocabulary get ``2 + #ids`` rows (deep_components.data.vocab: 0 padding,
+    1 unknown, then the ids in ascending order).  Every row starts from the vector of its key
+    (embedding_init: a function of ``seed``, ``tower``, the field and the id), so both layouts
+    start, and train, alike.  ``sparse`` makes the tables return sparse gradients (lazy Adam);
+    ``init=False`` leaves the tables uninitialised (for loading saved weights).
+    """
+
+    def __init__(self, id_counts: Mapping[str, int], dim: int = 8, *, vocab=None, seed: int = 0,
+                 tower: int = 0, sparse: bool = False, init: bool = True):
         super().__init__()
         self.dim = dim
+        rows = {f: int(id_counts[f]) + 2 for f in ID_TABLES}
+        rows["category_level_one"] = int(id_counts["category_level_one"]) + 2
+        rows.update(TIME_ROWS)
+        if vocab is not None:
+            rows.update(vocab.table_rows())
+        pads = {f: (CATE1_PAD if f == "category_level_one" else 0) for f in rows}
+        # torch.empty + explicit fill: building a table consumes nothing from torch's RNG
         self.tables = nn.ModuleDict({
-            f: nn.Embedding(int(id_counts[f]) + 2, dim, padding_idx=0) for f in ID_TABLES})
-        self.tables["category_level_one"] = nn.Embedding(
-            int(id_counts["category_level_one"]) + 2, dim, padding_idx=CATE1_PAD)
-        for f, rows in TIME_ROWS.items():
-            self.tables[f] = nn.Embedding(rows, dim, padding_idx=0)
+            f: nn.Embedding(n, dim, padding_idx=pads[f], sparse=sparse,
+                            _weight=torch.empty(n, dim)) for f, n in rows.items()})
+        if init and not self.tables["video_id"].weight.is_meta:
+            for f, table in self.tables.items():
+                keys = vocab.row_keys(f) if vocab is not None and f in vocab.ids else None
+                fill_table(table.weight, seed, tower, f, keys, pads[f])
 
     def _cat(self, x: Tensor, names: tuple[str, ...]) -> Tensor:
         return torch.cat([self.tables[n](x[..., j]) for j, n in enumerate(names)], dim=-1)
@@ -77,9 +96,9 @@ def user_input(emb: FeatureEmbeddings, context: Tensor, history: Tensor,
 class DSSM(nn.Module):
     """Two towers and an inner product (retrieval)."""
 
-    def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128):
+    def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128, **emb):
         super().__init__()
-        self.emb = FeatureEmbeddings(id_counts, dim)
+        self.emb = FeatureEmbeddings(id_counts, dim, **emb)
         self.user_tower = mlp([13 * dim, units, 64, 32])
         self.item_tower = mlp([8 * dim, units, 64, 32])
 
@@ -93,9 +112,9 @@ class DSSM(nn.Module):
 class MLP(nn.Module):
     """One tower over user input and item features (three-stage prerank)."""
 
-    def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128):
+    def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128, **emb):
         super().__init__()
-        self.emb = FeatureEmbeddings(id_counts, dim)
+        self.emb = FeatureEmbeddings(id_counts, dim, **emb)
         self.net = mlp([21 * dim, units, 64, 32, 1])
 
     def forward(self, context: Tensor, history: Tensor, history_mask: Tensor,
@@ -165,9 +184,9 @@ class DIN(nn.Module):
     chunk = 8
 
     def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128,
-                 split_attention: bool = True):
+                 split_attention: bool = True, **emb):
         super().__init__()
-        self.emb = FeatureEmbeddings(id_counts, dim)
+        self.emb = FeatureEmbeddings(id_counts, dim, **emb)
         d_item = 5 * dim
         self.att1 = nn.Linear(2 * d_item, 2 * d_item)
         self.att2 = nn.Linear(2 * d_item, 1)
@@ -207,9 +226,12 @@ class DIN(nn.Module):
 TOWERS = {"dssm": DSSM, "din": DIN, "mlp": MLP}
 
 
-def build_tower(name: str, id_counts: Mapping[str, int], dim: int = 8, units: int = 128) -> nn.Module:
+def build_tower(name: str, id_counts: Mapping[str, int], dim: int = 8, units: int = 128,
+                **emb) -> nn.Module:
+    """A tower by name; ``emb`` goes to :class:`FeatureEmbeddings` (vocab, seed, tower, sparse,
+    init)."""
     try:
         cls = TOWERS[name]
     except KeyError:
         raise ValueError(f"unknown tower {name!r}; valid: {sorted(TOWERS)}") from None
-    return cls(id_counts, dim, units)
+    return cls(id_counts, dim, units, **emb)

@@ -24,12 +24,14 @@ def evaluate_run(cfg: RunConfig) -> dict:
     spec = get_spec(saved["setting"])
     if spec.name != cfg.setting:
         raise UsageError(f"{run_dir} holds a {spec.name} run, not {cfg.setting}")
-    models, meta = load_towers(run_dir, device)
+    models, meta, vocab = load_towers(run_dir, device)
     data_dir = cfg.data_dir if cfg.data_dir else saved["data_dir"]
     test_day = cfg.test_day or saved["test_day"]
     t0 = time.perf_counter()
     day = load_day(data_dir, test_day, spec, saved.get("tz", cfg.tz), cache_dir=cfg.cache_dir,
                    history_len=saved.get("seq_len", 50))
+    if vocab is not None:          # ids onto compact rows; ids never seen go to the unknown row
+        day = vocab.apply(day)
     result = evaluate(models, day, spec, device, cfg.eval_batch_size)
     result.update({"setting": spec.name, "method": saved["loss_type"], "run_id": saved["run_id"],
                    "tag": saved.get("tag", ""), "loss_options": saved.get("loss_options", {}),

@@ -26,7 +26,7 @@ from .collect import DISPLAY, PAPER_ORDER
 from .config import RunConfig
 from .data import DataError, list_days, read_id_counts, synthetic_info
 from .runtime import UsageError, resolve_device
-from .train import Trainer
+from .train import Trainer, prepare_data
 
 
 def stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
@@ -42,11 +42,12 @@ def stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
                          f"(each needs at least one earlier training day); got {first} ... {last}")
     device = resolve_device(cfg.device)
     id_counts = read_id_counts(root)
+    vocab = prepare_data(cfg, spec, root, [d for d in days if d <= tests[-1]])
     rows = []
     for method in methods:
         for run_id in run_ids:
             mcfg = RunConfig.from_dict(cfg.to_dict() | {"loss_type": method, "run_id": run_id})
-            trainer = Trainer(mcfg, spec, root, id_counts, device, mcfg.resolved_seed())
+            trainer = Trainer(mcfg, spec, root, id_counts, device, mcfg.resolved_seed(), vocab)
             t0 = time.perf_counter()
             for di, date in enumerate(days):
                 if date in tests:

@@ -24,7 +24,9 @@ from .cascade import CascadeSpec, get_spec
 from .config import RunConfig
 from .data import batch_indices, default_split, list_days, load_day, read_id_counts, synthetic_info
 from .data.errors import DataError
+from .data.vocab import Vocabulary, load_vocabulary
 from .distributed import context
+from .lazy_adam import LazyAdam
 from .loss import build_loss
 from .models import build_tower
 from .runtime import (TrainingError, UsageError, ensure_writable, environment, resolve_device,
@@ -46,9 +48,33 @@ def batch_to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[
     return out
 
 
-def build_models(spec: CascadeSpec, id_counts: dict[str, int], emb_dim: int = 8) -> list[nn.Module]:
-    """One tower per stage, in cascade order."""
-    return [build_tower(st.tower, id_counts, emb_dim) for st in spec.stages]
+def build_models(spec: CascadeSpec, id_counts: dict[str, int], emb_dim: int = 8, *,
+                 vocab: Vocabulary | None = None, seed: int = 0, sparse: bool = False,
+                 init: bool = True) -> list[nn.Module]:
+    """One tower per stage, in cascade order.  Tables are compact when ``vocab`` is given;
+    embedding rows start from (seed, stage position, field, id) (embedding_init)."""
+    return [build_tower(st.tower, id_counts, emb_dim, vocab=vocab, seed=seed, tower=t,
+                        sparse=sparse, init=init) for t, st in enumerate(spec.stages)]
+
+
+def build_optimizers(models: list[nn.Module], loss_fn: nn.Module, lr: float,
+                     emb_optimizer: str = "adam") -> list[torch.optim.Optimizer]:
+    """One Adam per tower (the paper's recipe), plus one for the loss module's weights.
+
+    ``emb_optimizer="lazy_adam"``: the towers' embedding tables (sparse gradients) get their
+    own :class:`LazyAdam`, which updates the moments and values of the rows a batch touched
+    only; the dense layers keep Adam."""
+    opts: list[torch.optim.Optimizer] = []
+    for m in models:
+        if emb_optimizer == "lazy_adam":
+            emb = [p for n, p in m.named_parameters() if n.startswith("emb.")]
+            dense = [p for n, p in m.named_parameters() if not n.startswith("emb.")]
+            opts += [torch.optim.Adam(dense, lr=lr), LazyAdam(emb, lr=lr)]
+        else:
+            opts.append(torch.optim.Adam(m.parameters(), lr=lr))
+    if any(True for _ in loss_fn.parameters()):
+        opts.append(torch.optim.Adam(loss_fn.parameters(), lr=lr))
+    return opts
 
 
 def forward_all(models: list[nn.Module], b: dict[str, torch.Tensor]) -> list[torch.Tensor]:
@@ -81,11 +107,14 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, spec: CascadeSpec, root: Path, id_counts: dict[str, int],
-                 device: torch.device, seed: int):
+                 device: torch.device, seed: int, vocab: Vocabulary | None = None):
         self.cfg, self.spec, self.root, self.device, self.seed = cfg, spec, root, device, seed
+        self.vocab = vocab
         self.dist = context()
         seed_everything(seed)
-        self.models = [m.to(device) for m in build_models(spec, id_counts, cfg.emb_dim)]
+        self.models = [m.to(device) for m in build_models(
+            spec, id_counts, cfg.emb_dim, vocab=vocab, seed=seed,
+            sparse=cfg.emb_optimizer == "lazy_adam")]
         # under torchrun each tower is wrapped in DDP (bucketed gradient all-reduce)
         self.forward_models = self.models
         if self.dist.enabled:
@@ -95,9 +124,7 @@ class Trainer:
             self.forward_models = [DDP(m, device_ids=ids) for m in self.models]
         self.loss_fn = build_loss(cfg.loss_type, spec, mask_mode=cfg.mask_mode,
                                   **cfg.loss_kwargs()).to(device)
-        self.optimizers = [torch.optim.Adam(m.parameters(), lr=cfg.lr) for m in self.models]
-        if any(True for _ in self.loss_fn.parameters()):
-            self.optimizers.append(torch.optim.Adam(self.loss_fn.parameters(), lr=cfg.lr))
+        self.optimizers = build_optimizers(self.models, self.loss_fn, cfg.lr, cfg.emb_optimizer)
         self.params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
         self.step = 0
         self.requests = 0
@@ -109,8 +136,16 @@ class Trainer:
         return load_day(self.root, date, self.spec, self.cfg.tz, cache_dir=self.cfg.cache_dir,
                         history_len=self.cfg.seq_len)
 
+    def load_rows(self, date: str, in_memory: bool = False):
+        """The day with ids mapped onto table rows (compact vocabulary), in RAM if asked."""
+        day = self.load(date)
+        if in_memory:
+            day = day.in_memory()
+        return self.vocab.apply(day, in_place=in_memory) if self.vocab is not None else day
+
     def _grads_finite(self) -> bool:
-        norms = [torch.linalg.vector_norm(p.grad) for p in self.params if p.grad is not None]
+        norms = [torch.linalg.vector_norm(p.grad._values() if p.grad.is_sparse else p.grad)
+                 for p in self.params if p.grad is not None]
         return bool(torch.isfinite(torch.stack(norms).sum())) if norms else True
 
     def train_step(self, b: dict[str, torch.Tensor]) -> tuple[dict[str, Any], bool]:
@@ -134,7 +169,7 @@ class Trainer:
         """One pass over ``date`` (shuffled, full batches) from batch ``start_batch``.
         Returns False once max_steps is reached."""
         cfg = self.cfg
-        arrays = self.load(date).in_memory().arrays()
+        arrays = self.load_rows(date, in_memory=True).arrays()
         batches = batch_indices(len(arrays["request_id"]), cfg.batch_size, seed=[self.seed, day_index])
         bar = tqdm(range(start_batch, len(batches)), desc=f"{cfg.loss_type} run {cfg.run_id} {date}",
                    unit="batch", disable=not cfg.progress or not self.dist.is_main, leave=False,
@@ -187,24 +222,42 @@ class Trainer:
     def evaluate(self, date: str) -> dict:
         from .evaluate import evaluate
 
-        return evaluate(self.models, self.load(date), self.spec, self.device, self.cfg.eval_batch_size)
+        return evaluate(self.models, self.load_rows(date), self.spec, self.device,
+                        self.cfg.eval_batch_size)
 
-    def prepare_days(self, days: list[str]) -> None:
-        """Rank 0 converts the days into the cache first, so ranks never build it twice."""
-        if self.dist.enabled:
-            if self.dist.is_main:
-                for d in days:
-                    self.load(d)
-            self.dist.barrier()
+
+def prepare_data(cfg: RunConfig, spec: CascadeSpec, root: Path, days: list[str],
+                 vocab: Vocabulary | None = None) -> Vocabulary | None:
+    """Convert ``days`` into the day cache and build their vocabulary (``--vocab compact``;
+    a ``vocab`` given, e.g. a checkpoint's, is kept).  Under torchrun rank 0 does it first, so
+    ranks never build the same cache twice."""
+    ctx = context()
+
+    def build():
+        if cfg.vocab == "compact" and vocab is None:
+            return load_vocabulary(root, days, spec, cfg.tz, cache_dir=cfg.cache_dir,
+                                   history_len=cfg.seq_len)
+        for d in days:
+            load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir, history_len=cfg.seq_len)
+        return vocab
+
+    if ctx.enabled and not ctx.is_main:
+        ctx.barrier()
+        return build()
+    out = build()
+    ctx.barrier()
+    return out
 
 
 def checkpoint_meta(cfg: RunConfig, spec: CascadeSpec, id_counts: dict[str, int],
-                    train_days: list[str], seed: int) -> dict[str, Any]:
+                    train_days: list[str], seed: int, vocab: Vocabulary | None = None) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed (checkpoint.MATCH_KEYS)."""
     return {"setting": spec.name, "loss_type": cfg.loss_type, "towers": list(spec.towers),
             "emb_dim": cfg.emb_dim, "id_counts": dict(id_counts), "loss_options": cfg.loss_kwargs(),
             "mask_mode": cfg.mask_mode, "batch_size": cfg.batch_size, "lr": cfg.lr,
-            "seq_len": cfg.seq_len, "train_days": list(train_days), "seed": seed, "tz": cfg.tz}
+            "seq_len": cfg.seq_len, "train_days": list(train_days), "seed": seed, "tz": cfg.tz,
+            "vocab": cfg.vocab, "vocab_digest": vocab.digest() if vocab is not None else None,
+            "emb_optimizer": cfg.emb_optimizer}
 
 
 def _truncate_log(path: Path, step: int) -> None:
@@ -240,18 +293,29 @@ def train(cfg: RunConfig) -> Path:
         ensure_writable(run_dir, "the run folder")
         ensure_writable(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root),
                         "the data cache")
-    trainer = Trainer(cfg, spec, root, id_counts, device, seed)
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    ckpt = load_checkpoint(ckpt_path, device) if cfg.resume else None
+    saved_vocab = None
+    if ckpt is not None and cfg.vocab == "compact" and "vocab" in ckpt:
+        try:
+            saved_vocab = Vocabulary.from_state(ckpt["vocab"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise UsageError(f"{ckpt_path}: the checkpoint's vocabulary is unreadable ({e})") from None
+    # the vocabulary covers every day of the run (training days and the test day): a test-day id
+    # absent from training keeps its initial vector, exactly as in a full-size table
+    vocab = prepare_data(cfg, spec, root, [d for d in train_days + [test_day] if d], saved_vocab)
+    trainer = Trainer(cfg, spec, root, id_counts, device, seed, vocab)
     param_bytes = sum(p.numel() * p.element_size() for p in trainer.params)
     if ctx.is_main:
         ensure_writable(run_dir, "a checkpoint", need_bytes=4 * param_bytes)  # params + Adam + towers
-    trainer.prepare_days(train_days)
+        if vocab is not None:
+            log.info("compact vocabulary: %s rows (id_cnt: %s)", vocab.sizes(),
+                     {f: id_counts[f] for f in vocab.ids})
 
-    meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed)
-    ckpt_path = run_dir / CHECKPOINT_FILE
+    meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed, vocab)
     log_path = run_dir / "loss_log.jsonl"
     start_day, start_batch = 0, 0
-    if cfg.resume:
-        ckpt = load_checkpoint(ckpt_path, device)
+    if ckpt is not None:
         check_compatible(ckpt["meta"], meta, ckpt_path)
         restore(trainer, ckpt, ckpt_path)
         pos = ckpt["position"]
@@ -265,6 +329,7 @@ def train(cfg: RunConfig) -> Path:
     elif ctx.is_main:
         resolved = cfg.to_dict() | {"train_days": train_days, "test_day": test_day, "seed": seed,
                                     "synthetic": synthetic_info(root), "id_counts": id_counts,
+                                    "vocab_sizes": vocab.sizes() if vocab is not None else None,
                                     "loss_repr": repr(trainer.loss_fn), "world_size": ctx.world}
         write_json(run_dir / "config.json", resolved)
         write_json(run_dir / "env.json", environment(device) | {"world_size": ctx.world})
@@ -294,7 +359,7 @@ def train(cfg: RunConfig) -> Path:
     ctx.barrier()
     if not ctx.is_main:
         return run_dir
-    save_towers(run_dir, trainer.models, trainer.loss_fn, spec, id_counts, cfg)
+    save_towers(run_dir, trainer.models, trainer.loss_fn, spec, id_counts, cfg, vocab)
     done_requests = trainer.requests - requests_before
     write_json(run_dir / "train_summary.json", {
         "world_size": ctx.world,
@@ -307,27 +372,34 @@ def train(cfg: RunConfig) -> Path:
 
 
 def save_towers(run_dir: Path, models: list[nn.Module], loss_fn: nn.Module, spec: CascadeSpec,
-                id_counts: dict[str, int], cfg: RunConfig) -> None:
+                id_counts: dict[str, int], cfg: RunConfig, vocab: Vocabulary | None = None) -> None:
+    """``towers.pt``: weights, loss weights, and what rebuilds the towers (incl. the vocabulary)."""
     state = {"models": [m.state_dict() for m in models], "loss": loss_fn.state_dict(),
              "meta": {"setting": spec.name, "loss_type": cfg.loss_type, "emb_dim": cfg.emb_dim,
-                      "towers": list(spec.towers), "id_counts": dict(id_counts)}}
+                      "towers": list(spec.towers), "id_counts": dict(id_counts),
+                      "vocab": "compact" if vocab is not None else "full"}}
+    if vocab is not None:
+        state["vocab"] = vocab.state()
     tmp = run_dir / (CHECKPOINT + ".tmp")
     torch.save(state, tmp)
     tmp.replace(run_dir / CHECKPOINT)
 
 
-def load_towers(run_dir: Path, device: torch.device) -> tuple[list[nn.Module], dict[str, Any]]:
+def load_towers(run_dir: Path, device: torch.device
+                ) -> tuple[list[nn.Module], dict[str, Any], Vocabulary | None]:
+    """(towers in cascade order, meta, vocabulary or None for full-size tables)."""
     path = run_dir / CHECKPOINT
     if not path.is_file():
         raise UsageError(f"{path}: no trained towers in this run folder (train it first)")
     try:
-        state = torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
         meta = state["meta"]
         spec = get_spec(meta["setting"])
-        models = build_models(spec, meta["id_counts"], meta["emb_dim"])
+        vocab = Vocabulary.from_state(state["vocab"]) if "vocab" in state else None
+        models = build_models(spec, meta["id_counts"], meta["emb_dim"], vocab=vocab, init=False)
         for m, sd in zip(models, state["models"], strict=True):
             m.load_state_dict(sd)
     except Exception as e:  # truncated/corrupt file, foreign content, mismatched shapes
         raise UsageError(f"{path}: cannot load the trained towers ({type(e).__name__}: "
                          f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
-    return [m.to(device) for m in models], meta
+    return [m.to(device) for m in models], meta, vocab

@@ -87,3 +87,18 @@ def test_global_batch_must_split_evenly(tiny_root, tmp_path):
               str(tmp_path / "r"), "--batch_size", "33", "--device", "cpu"], 2)
     assert r.returncode != 0
     assert "--batch_size 33 is the global batch and must be divisible by the number of processes (2)" in r.stderr
+
+
+def test_lazy_adam_sparse_gradients_under_gloo(tiny_root, tmp_path):
+    """Sparse embedding gradients are all-reduced by gloo: 2 processes match 1 process."""
+    one = _train(tiny_root, tmp_path / "one", 1, "--max_steps", "2", "--emb_optimizer", "lazy_adam")
+    two = _train(tiny_root, tmp_path / "two", 2, "--max_steps", "2", "--emb_optimizer", "lazy_adam")
+    moved = 0
+    for a, b in zip(_params(one), _params(two)):
+        for k in a:
+            if k not in NO_GRADIENT:
+                assert torch.allclose(a[k], b[k], rtol=0, atol=2e-5), (k, (a[k] - b[k]).abs().max())
+    init = _train(tiny_root, tmp_path / "init", 1, "--max_steps", "1", "--lr", "1e-30")
+    for a, b in zip(_params(two), _params(init)):
+        moved += int((a["emb.tables.video_id.weight"] != b["emb.tables.video_id.weight"]).any(-1).sum())
+    assert moved > 0

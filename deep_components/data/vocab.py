@@ -1,0 +1,178 @@
+"""The compact id vocabulary: embedding tables sized to the ids that occur in a run's days.
+
+RecFlow's ``id_cnt.pkl`` counts 82M videos and 33M authors; a run's days hold a small part of
+them.  A :class:`Vocabulary` lists, per id field, the sorted distinct ids (in the shifted form
+of :class:`DayData`: raw id + 1, 0 = padding) found in the run's days, and maps day arrays onto
+compact table rows:
+
+    row 0        padding (zero vector, never trained), as in the full-size tables
+    row 1        the *unknown* row: an id absent from the vocabulary (only possible on a day
+                 outside the days the vocabulary was built from); initialised like any row and
+                 never trained, since every training id is in the vocabulary.  Counted per field
+                 in ``unknown_ids`` (metrics.json).
+    row 2 + k    the k-th smallest id of the field
+
+The mapping is monotonic, so the order of rows is the order of ids.  Fields with a compact
+table: :data:`COMPACT_FIELDS`.  ``category_level_one`` (stored raw, padding row 2, 140 values)
+and the calendar tables stay full-size.
+
+Built once per (setting, days, source files, array settings) and cached next to the day cache,
+under ``<cache>/<setting>/vocab/<key>/``, keyed by the day cache keys of its days.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError
+from .recflow import DayData
+
+log = logging.getLogger("deep_components.data")
+
+#: id field -> where it sits in DayData arrays: (array, column)
+LOCATIONS: dict[str, tuple[tuple[str, int], ...]] = {
+    "user_id": (("context", 3),), "device_id": (("context", 4),), "gender": (("context", 5),),
+    "age": (("context", 6),), "province": (("context", 7),),
+    "video_id": (("history", 0), ("items", 0)), "author_id": (("history", 1), ("items", 1)),
+    "category_level_two": (("history", 2), ("items", 2)),
+    "upload_type": (("history", 4), ("items", 4)),
+}
+COMPACT_FIELDS = tuple(LOCATIONS)
+PAD_ROW, UNKNOWN_ROW, FIRST_ROW = 0, 1, 2
+#: row key of the unknown row (embedding_init draws its vector from this key)
+UNKNOWN_KEY = -1
+VOCAB_FORMAT_VERSION = 1
+
+
+@dataclass
+class Vocabulary:
+    """ids[field]: int64 [V_f] sorted distinct shifted ids (> 0) of the field."""
+
+    ids: dict[str, np.ndarray]
+
+    def rows(self, field: str) -> int:
+        """Rows of the field's compact table (padding + unknown + ids)."""
+        return FIRST_ROW + len(self.ids[field])
+
+    def table_rows(self) -> dict[str, int]:
+        return {f: self.rows(f) for f in self.ids}
+
+    def row_keys(self, field: str) -> np.ndarray:
+        """int64 [rows]: the key each row is initialised from (its shifted id; -1 unknown)."""
+        return np.concatenate([np.array([PAD_ROW, UNKNOWN_KEY], dtype=np.int64), self.ids[field]])
+
+    def map_ids(self, field: str, values: np.ndarray) -> tuple[np.ndarray, int]:
+        """Shifted ids (any shape) -> compact rows (int32), and how many non-padding ids were
+        absent (mapped to the unknown row)."""
+        ids = self.ids[field]
+        v = np.asarray(values)
+        pos = np.searchsorted(ids, v)
+        found = ids[np.minimum(pos, len(ids) - 1)] == v if len(ids) else np.zeros(v.shape, bool)
+        out = np.where(found, pos + FIRST_ROW, UNKNOWN_ROW)
+        out[v == 0] = PAD_ROW
+        return out.astype(np.int32), int(((v != 0) & ~found).sum())
+
+    def apply(self, day: DayData, in_place: bool = False) -> DayData:
+        """The day with every compact field's ids replaced by table rows.  ``in_place`` rewrites
+        the day's own arrays (they must be writable, e.g. after ``in_memory()``); otherwise the
+        three id arrays are copied.  ``stats["unknown_ids"]`` counts absent ids per field."""
+        arrays = {k: getattr(day, k) for k in ("context", "history", "items")}
+        if not in_place:
+            arrays = {k: np.array(v, copy=True) for k, v in arrays.items()}
+        unknown = {}
+        for field, places in LOCATIONS.items():
+            n = 0
+            for name, col in places:
+                rows, absent = self.map_ids(field, arrays[name][..., col])
+                arrays[name][..., col] = rows
+                n += absent
+            unknown[field] = n
+        out = DayData(day.date, day.spec_name, stats=dict(day.stats),
+                      **{k: getattr(day, k) for k in DayData.ARRAYS} | arrays)
+        out.stats["unknown_ids"] = unknown
+        return out
+
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for f in sorted(self.ids):
+            h.update(f.encode())
+            h.update(np.ascontiguousarray(self.ids[f], dtype=np.int64).tobytes())
+        return h.hexdigest()[:20]
+
+    def sizes(self) -> dict[str, int]:
+        return {f: int(len(v)) for f, v in self.ids.items()}
+
+    def state(self) -> dict:
+        """For towers.pt / checkpoints (tensors only, loadable with weights_only=True)."""
+        import torch
+
+        return {f: torch.from_numpy(np.ascontiguousarray(v, dtype=np.int64)) for f, v in self.ids.items()}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "Vocabulary":
+        ids = {f: np.asarray(state[f].cpu().numpy() if hasattr(state[f], "cpu") else state[f],
+                             dtype=np.int64) for f in COMPACT_FIELDS}
+        for f, v in ids.items():
+            if v.size and (v[0] <= 0 or np.any(np.diff(v) <= 0)):
+                raise ValueError(f"vocabulary of {f} is not sorted distinct positive ids")
+        return cls(ids)
+
+
+def build_vocabulary(days) -> Vocabulary:
+    """The distinct ids of every compact field over an iterable of :class:`DayData`."""
+    parts: dict[str, list[np.ndarray]] = {f: [] for f in COMPACT_FIELDS}
+    for day in days:
+        for field, places in LOCATIONS.items():
+            seen = [np.unique(np.asarray(getattr(day, name)[..., col])) for name, col in places]
+            parts[field].append(np.unique(np.concatenate(seen)))
+    ids = {}
+    for field, p in parts.items():
+        u = np.unique(np.concatenate(p)) if p else np.zeros(0, np.int64)
+        ids[field] = u[u > 0].astype(np.int64)
+    return Vocabulary(ids)
+
+
+def load_vocabulary(root: str | os.PathLike, dates: list[str], spec, tz: str, *,
+                    cache_dir: str | os.PathLike | None = None, history_len: int = 50) -> Vocabulary:
+    """The vocabulary of ``dates`` (built from their day caches on first use, then cached)."""
+    from .cache import MISSING_POSITIVE_INDEX, cache_key, default_cache_dir, load_day
+    from . import layout
+
+    root = layout.check_root(root)
+    keys = [cache_key(root, d, spec, tz=tz, history_len=history_len,
+                      missing_index=MISSING_POSITIVE_INDEX) for d in sorted(set(dates))]
+    key = hashlib.sha256(json.dumps({"version": VOCAB_FORMAT_VERSION, "days": keys}).encode()
+                         ).hexdigest()[:20]
+    base = Path(cache_dir) if cache_dir is not None else default_cache_dir(root)
+    vdir = base / spec.name / "vocab"
+    entry = vdir / key
+    try:
+        return Vocabulary({f: np.load(entry / f"{f}.npy") for f in COMPACT_FIELDS})
+    except (OSError, ValueError):
+        pass
+    vocab = build_vocabulary(load_day(root, d, spec, tz, cache_dir=cache_dir, history_len=history_len)
+                             for d in sorted(set(dates)))
+    try:
+        vdir.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=vdir))
+        for f, v in vocab.ids.items():
+            np.save(tmp / f"{f}.npy", v)
+        with open(tmp / "meta.json", "w") as fh:
+            json.dump({"days": sorted(set(dates)), "sizes": vocab.sizes()}, fh, indent=1)
+        try:
+            os.rename(tmp, entry)
+        except OSError:                       # another process wrote it first
+            shutil.rmtree(tmp, ignore_errors=True)
+    except OSError as e:
+        raise DataError(f"{vdir}: cannot write the vocabulary cache ({e.strerror}); set "
+                        "LCRON_CACHE_DIR or --cache_dir to a writable folder") from None
+    log.info("vocabulary of %d days: %s", len(set(dates)), vocab.sizes())
+    return vocab
