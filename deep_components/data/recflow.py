@@ -109,25 +109,12 @@ def read_id_counts(root: str | os.PathLike) -> dict[str, int]:
 # tables
 
 
-def read_columns(path: Path, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
-    """Read only ``wanted`` integer columns of a Feather/Parquet file as int64 numpy arrays.
+#: rows per record batch when a table is read in pieces
+TABLE_BATCH_ROWS = 1 << 16
 
-    Column names are matched after stripping whitespace; ``photo_id`` is accepted for
-    ``video_id``.  Any failure is a :class:`DataError` naming ``path``.
-    """
-    import pyarrow as pa
-    import pyarrow.feather as feather
-    import pyarrow.parquet as pq
 
-    try:
-        if path.suffix == ".parquet":
-            names = pq.read_schema(path).names
-        else:
-            with pa.memory_map(str(path)) as src:
-                names = pa.ipc.open_file(src).schema.names
-    except Exception as e:
-        raise DataError(f"{path}: cannot read table schema; corrupt or truncated file? "
-                        f"({type(e).__name__}: {e})") from None
+def _resolve_columns(path: Path, names: list[str], wanted: tuple[str, ...]) -> dict[str, str]:
+    """wanted column -> the file's column name (whitespace stripped, ``photo_id`` alias)."""
     by_stripped: dict[str, str] = {}
     for n in names:
         by_stripped.setdefault(n.strip(), n)
@@ -140,15 +127,13 @@ def read_columns(path: Path, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
         else:
             raise DataError(f"{path}: missing column {col!r} (columns present: "
                             f"{sorted(by_stripped)})")
-    try:
-        cols = list(dict.fromkeys(actual.values()))
-        if path.suffix == ".parquet":
-            table = pq.read_table(path, columns=cols)
-        else:
-            table = feather.read_table(str(path), columns=cols, memory_map=True)
-    except Exception as e:
-        raise DataError(f"{path}: cannot read columns {cols}; corrupt or truncated file? "
-                        f"({type(e).__name__}: {e})") from None
+    return actual
+
+
+def _int_columns(path: Path, table, actual: dict[str, str]) -> dict[str, np.ndarray]:
+    """The resolved columns of a pyarrow table / record batch as int64 numpy arrays."""
+    import pyarrow as pa
+
     out = {}
     for col, name in actual.items():
         arr = table.column(name)
@@ -157,19 +142,75 @@ def read_columns(path: Path, wanted: tuple[str, ...]) -> dict[str, np.ndarray]:
                             "(expected int64, no nulls)")
         if not (pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type)):
             raise DataError(f"{path}: column {col!r} has type {arr.type}, expected an integer type")
-        out[col] = arr.to_numpy().astype(np.int64, copy=False)
+        out[col] = np.asarray(arr.to_numpy(zero_copy_only=False)).astype(np.int64, copy=False)
     return out
+
+
+def iter_column_batches(path: Path, wanted: tuple[str, ...], batch_rows: int = TABLE_BATCH_ROWS):
+    """Yield dicts of the ``wanted`` integer columns (int64 numpy) of a Feather/Parquet file,
+    one record batch at a time: only those columns and one batch are ever in memory.
+
+    Column names are matched after stripping whitespace; ``photo_id`` is accepted for
+    ``video_id``.  Any failure is a :class:`DataError` naming ``path``.
+    """
+    import pyarrow as pa
+    import pyarrow.feather as feather
+    import pyarrow.parquet as pq
+
+    parquet = path.suffix == ".parquet"
+    try:
+        if parquet:
+            pf = pq.ParquetFile(path)
+            names = pf.schema_arrow.names
+        else:
+            try:
+                reader = pa.ipc.open_file(pa.OSFile(str(path)))
+                names = reader.schema.names
+            except pa.ArrowInvalid:        # Feather v1: read whole (old files are small)
+                reader = None
+                names = feather.read_table(str(path), memory_map=False).schema.names
+    except DataError:
+        raise
+    except Exception as e:
+        raise DataError(f"{path}: cannot read table schema; corrupt or truncated file? "
+                        f"({type(e).__name__}: {e})") from None
+    actual = _resolve_columns(path, names, wanted)
+    cols = list(dict.fromkeys(actual.values()))
+
+    def pieces():
+        if parquet:
+            yield from pf.iter_batches(batch_size=batch_rows, columns=cols)
+        elif reader is not None:
+            opts = pa.ipc.IpcReadOptions(included_fields=[names.index(c) for c in cols])
+            r = pa.ipc.open_file(pa.OSFile(str(path)), options=opts)
+            for i in range(r.num_record_batches):
+                yield r.get_batch(i)
+        else:
+            yield from feather.read_table(str(path), columns=cols, memory_map=False).to_batches()
+
+    it = pieces()
+    while True:
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except Exception as e:
+            raise DataError(f"{path}: cannot read columns {cols}; corrupt or truncated file? "
+                            f"({type(e).__name__}: {e})") from None
+        yield _int_columns(path, batch, actual)
 
 
 # --------------------------------------------------------------------------------------------
 # ragged per-request arrays from the pickles
 
 
-def _first_rows(arrays: list[Any], width: int, k: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+def _first_rows(arrays: list[Any], width: int, k: int, where: str,
+                req_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Stack the first ``k`` rows of each request's ``[n, width]`` array.
 
     ``arrays`` holds one entry per request: an array (2-D, or 1-D for a one-row array), or None
-    for a missing/empty stage.  Returns (rows [R, k, width] int64 zero-padded, counts [R]).
+    for a missing/empty stage; ``req_index`` their positions in the day (for messages).
+    Returns (rows [b, k, width] int64 zero-padded, counts [b]).
     """
     R = len(arrays)
     fixed = []
@@ -180,17 +221,18 @@ def _first_rows(arrays: list[Any], width: int, k: int, where: str) -> tuple[np.n
         try:
             a = np.asarray(a)
         except (ValueError, TypeError):
-            raise DataError(f"{where}: request #{i} of the day holds a ragged/non-array value") from None
+            raise DataError(f"{where}: request #{int(req_index[i])} of the day holds a "
+                            "ragged/non-array value") from None
         if a.size == 0:
             continue
         if a.ndim == 1:
             a = a.reshape(1, -1)
         if a.ndim != 2 or a.shape[1] != width:
             raise DataError(f"{where}: expected arrays of shape [n, {width}], found {a.shape} "
-                            f"(request #{i} of the day)")
+                            f"(request #{int(req_index[i])} of the day)")
         if not np.issubdtype(a.dtype, np.integer):
             raise DataError(f"{where}: expected integer arrays, found dtype {a.dtype} "
-                            f"(request #{i} of the day)")
+                            f"(request #{int(req_index[i])} of the day)")
         a = a[:k]
         lengths[i] = a.shape[0]
         fixed.append(a)
@@ -204,18 +246,46 @@ def _first_rows(arrays: list[Any], width: int, k: int, where: str) -> tuple[np.n
     return out, lengths
 
 
-def _lookup(d: Mapping, rid_list: list[int], path: Path) -> list[Any]:
-    """``[d[r] for r in rid_list]``, with a clear error for a request absent from the pickle.
+def _request_batches(path: Path, request_id: np.ndarray):
+    """Stream a day pickle ``request_id -> value``: yields (rows [b] positions in
+    ``request_id``, values) for the keys that are requests of the day, batch by batch, and
+    checks at the end that every request was a key.  Bounded memory (pickle_stream); a pickle
+    that shares objects across batches is read whole instead."""
+    from .pickle_stream import SharedObject, iter_pickled_items
 
-    ``get`` never calls a defaultdict's factory, so absent keys are reported, not invented.
-    """
-    absent = object()
-    values = [d.get(r, absent) for r in rid_list]
-    for r, v in zip(rid_list, values):
-        if v is absent:
-            raise DataError(f"{path}: request {r} of all_stage is missing from this pickle "
-                            "(every request of the day must be a key of both pickles)")
-    return values
+    def batches():
+        try:
+            yield from iter_pickled_items(path)
+        except SharedObject:
+            log.warning("%s shares objects across requests; reading it whole", path)
+            d = safe_load_pickle(path)
+            if not isinstance(d, Mapping):
+                raise DataError(f"{path}: expected a dict at the top level, found "
+                                f"{type(d).__name__}") from None
+            yield list(d.items())
+
+    filled = np.zeros(request_id.shape[0], dtype=bool)
+    for pairs in batches():
+        keys = [k for k, _ in pairs]
+        ok = [isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in keys]
+        if not all(ok):
+            pairs = [p for p, good in zip(pairs, ok) if good]
+            keys = [k for k, good in zip(keys, ok) if good]
+        if not keys:
+            continue
+        k = np.array([int(x) for x in keys], dtype=np.int64)
+        at = np.minimum(np.searchsorted(request_id, k), request_id.shape[0] - 1)
+        hit = request_id[at] == k
+        if not hit.any():
+            continue
+        rows = at[hit]
+        values = [v for (_, v), h in zip(pairs, hit) if h]
+        filled[rows] = True
+        yield rows, values
+    if not filled.all():
+        r = int(request_id[np.flatnonzero(~filled)[0]])
+        raise DataError(f"{path}: request {r} of all_stage is missing from this pickle "
+                        "(every request of the day must be a key of both pickles)")
 
 
 def _check_range(name: str, values: np.ndarray, valid: np.ndarray | None, upper: int,
@@ -235,10 +305,157 @@ def _check_range(name: str, values: np.ndarray, valid: np.ndarray | None, upper:
 # the day
 
 
+@dataclass
+class _Requests:
+    """What all_stage says about a day: its requests and their positive rows."""
+
+    request_id: np.ndarray        # [R] sorted
+    first: dict[str, np.ndarray]  # request column -> [R] value of the request's first row
+    pos_keys: np.ndarray          # sorted (request_id * vid_span + video_id) of positive rows
+    pos_index: np.ndarray         # their index column
+    vid_span: int
+
+
+def _scan_requests(ap: Path, spec: CascadeSpec, counts: Mapping[str, int], date: str) -> _Requests:
+    """One pass over all_stage in record batches: each request's first-row features (checking
+    that a request's columns are constant) and the positive rows' (request, video) -> index."""
+    pos_flag = spec.positive_group
+    wanted = REQUEST_COLUMNS + ("video_id", pos_flag, spec.index_column)
+    firsts: list[dict[str, np.ndarray]] = []      # per batch: its first row of each request
+    pos_rid, pos_vid, pos_idx = [], [], []
+    n_rows, vid_max = 0, 0
+    for cols in iter_column_batches(ap, wanted):
+        rid = cols["request_id"]
+        if rid.size == 0:
+            continue
+        u, first, inverse = np.unique(rid, return_index=True, return_inverse=True)
+        for name in REQUEST_COLUMNS[1:]:  # one request id = one request: its columns are constant
+            col = cols[name]
+            bad = np.flatnonzero(col != col[first][inverse])
+            if bad.size:
+                i = int(bad[0])
+                _conflict(ap, int(rid[i]), name, int(col[first[inverse[i]]]), int(col[i]))
+        firsts.append({"row": first + n_rows, **{k: cols[k][first] for k in REQUEST_COLUMNS}})
+        is_pos = cols[pos_flag] == 1
+        pos_rid.append(rid[is_pos])
+        pos_vid.append(cols["video_id"][is_pos])
+        pos_idx.append(cols[spec.index_column][is_pos])
+        vid_max = max(vid_max, int(cols["video_id"].max()))
+        n_rows += rid.size
+    if n_rows == 0:
+        raise DataError(f"{ap}: no rows (empty day {date})")
+    cat = {k: np.concatenate([f[k] for f in firsts]) for k in firsts[0]}
+    order = np.lexsort((cat["row"], cat["request_id"]))          # by request, then file order
+    cat = {k: v[order] for k, v in cat.items()}
+    request_id, first = np.unique(cat["request_id"], return_index=True)
+    owner = np.repeat(np.arange(request_id.size), np.diff(np.append(first, cat["row"].size)))
+    for name in REQUEST_COLUMNS[1:]:   # a request spanning batches: each batch's first row agrees
+        col = cat[name]
+        bad = np.flatnonzero(col != col[first][owner])
+        if bad.size:
+            i = int(bad[0])
+            _conflict(ap, int(cat["request_id"][i]), name, int(col[first[owner[i]]]), int(col[i]))
+    vid_span = max(int(counts["video_id"]), vid_max + 1) + 1
+    pos_keys = np.concatenate(pos_rid) * vid_span + np.concatenate(pos_vid)
+    pos_index = np.concatenate(pos_idx)
+    order = np.argsort(pos_keys, kind="stable")
+    return _Requests(request_id, {k: cat[k][first] for k in REQUEST_COLUMNS}, pos_keys[order],
+                     pos_index[order], vid_span)
+
+
+def _conflict(ap: Path, rid: int, name: str, a: int, b: int):
+    raise DataError(f"{ap}: request_id {rid} has conflicting {name} values ({a} and {b}): "
+                    "duplicated request id? (every request-level column must be constant within "
+                    "a request)")
+
+
+def _fill_candidates(rp: Path, spec: CascadeSpec, req: _Requests, counts: Mapping[str, int],
+                     tz: str, missing_index: int, items: np.ndarray, item_mask: np.ndarray,
+                     labels: np.ndarray) -> int:
+    """Candidate groups from request_id_dict, streamed; returns the missing-positive count."""
+    K = spec.group_size
+    missing = 0
+    for rows, values in _request_batches(rp, req.request_id):
+        per_request = [v if isinstance(v, Mapping) else _bad_stage(rp, v) for v in values]
+        for g, group in enumerate(spec.groups):
+            where = f"{rp} [{group}]"
+            got, n = _first_rows([s.get(group) for s in per_request], 8, K, where, rows)
+            valid = np.arange(K)[None, :] < n[:, None]  # [b, K]
+            for name, c in (("video_id", RD_VIDEO), ("author_id", RD_AUTHOR),
+                            ("category_level_two", RD_CATE2), ("upload_type", RD_UTYPE)):
+                _check_range(name, got[..., c], valid, counts[name], where)
+            _check_range("category_level_one", got[..., RD_CATE1], valid,
+                         counts["category_level_one"] + 2, where)
+            blk = np.zeros(got.shape, dtype=np.int64)
+            blk[..., 0] = got[..., RD_VIDEO] + 1
+            blk[..., 1] = got[..., RD_AUTHOR] + 1
+            blk[..., 2] = got[..., RD_CATE2] + 1
+            blk[..., 3] = got[..., RD_CATE1]
+            blk[..., 4] = got[..., RD_UTYPE] + 1
+            if valid.any():
+                blk[valid, 5:8] = calendar_features(got[..., RD_UPLOAD_TS][valid], tz)
+            blk[~valid] = 0
+            blk[~valid, 3] = CATE1_PAD
+            sl = spec.group_slice(group)
+            items[rows, sl] = blk
+            item_mask[rows, sl] = valid
+            if g == 0:
+                keys = req.request_id[rows][:, None] * req.vid_span + got[..., RD_VIDEO]
+                if req.pos_keys.size:
+                    at = np.minimum(np.searchsorted(req.pos_keys, keys), req.pos_keys.size - 1)
+                    found = req.pos_keys[at] == keys
+                    idx = np.where(found, req.pos_index[at], missing_index)
+                else:
+                    found = np.zeros_like(valid)
+                    idx = np.full(keys.shape, missing_index, dtype=np.int64)
+                missing += int((valid & ~found).sum())
+                lab = LABEL_BASE - idx
+            else:
+                lab = np.full(valid.shape, LABEL_BASE - spec.negative_index[group], dtype=np.int64)
+            labels[rows, sl] = np.where(valid, lab, 0)
+    return missing
+
+
+def _fill_histories(hp: Path, req: _Requests, req_ts_ms: np.ndarray, counts: Mapping[str, int],
+                    history_len: int, history: np.ndarray, hmask: np.ndarray) -> None:
+    """Histories from seq_effective_50_dict, streamed and checked batch by batch."""
+    for rows, hist_list in _request_batches(hp, req.request_id):
+        try:
+            raw = np.stack(hist_list)
+        except (ValueError, TypeError):
+            shapes = sorted({str(getattr(h, "shape", type(h).__name__)) for h in hist_list})
+            raise DataError(f"{hp}: expected every history to be an array of shape "
+                            f"[{HISTORY_LEN}, 10], found {', '.join(shapes[:5])}") from None
+        if raw.ndim != 3 or raw.shape[1] != HISTORY_LEN or raw.shape[2] < 8:
+            raise DataError(f"{hp}: expected histories of shape [{HISTORY_LEN}, 10], found "
+                            f"{raw.shape[1:]}")
+        if not np.issubdtype(raw.dtype, np.integer):
+            raise DataError(f"{hp}: expected integer histories, found dtype {raw.dtype}")
+        raw = raw.astype(np.int64, copy=False)
+        _check_history_layout(raw, req_ts_ms[rows], req.request_id[rows], hp)
+        raw = raw[:, HISTORY_LEN - history_len:]
+        m = raw[..., H_REQ_TS] > 0
+        for name, c in (("video_id", H_VIDEO), ("author_id", H_AUTHOR),
+                        ("category_level_two", H_CATE2), ("upload_type", H_UTYPE)):
+            _check_range(name, raw[..., c], m, counts[name], str(hp))
+        _check_range("category_level_one", raw[..., H_CATE1], m, counts["category_level_one"] + 2,
+                     str(hp))
+        h = np.zeros((len(rows), history_len, 5), dtype=np.int32)
+        for j, (c, shift) in enumerate(((H_VIDEO, 1), (H_AUTHOR, 1), (H_CATE2, 1), (H_CATE1, 0),
+                                        (H_UTYPE, 1))):
+            h[..., j] = np.where(m, raw[..., c] + shift, 0)
+        history[rows] = h
+        hmask[rows] = m
+
+
 def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
                      tz: str = DEFAULT_TZ, history_len: int = HISTORY_LEN,
                      missing_index: int = MISSING_POSITIVE_INDEX) -> DayData:
-    """Read one raw day of ``root`` and build its arrays (no cache; see :func:`load_day`)."""
+    """Read one raw day of ``root`` and build its arrays (no cache; see :func:`load_day`).
+
+    Streams every file: all_stage in record batches of its needed columns, both pickles item
+    batch by item batch (pickle_stream), so peak memory is about the output arrays plus one
+    batch, whatever the day's size."""
     root = layout.check_root(root)
     if not 1 <= history_len <= HISTORY_LEN:
         raise ValueError(f"history_len must be in 1..{HISTORY_LEN}, got {history_len}")
@@ -248,131 +465,37 @@ def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
     counts = read_id_counts(root)
 
     # ---- request-level features: first row of each request -------------------------------
-    pos_flag = spec.positive_group
-    cols = read_columns(ap, REQUEST_COLUMNS + ("video_id", pos_flag, spec.index_column))
-    rid_all = cols["request_id"]
-    if rid_all.size == 0:
-        raise DataError(f"{ap}: no rows (empty day {date})")
-    request_id, first, inverse = np.unique(rid_all, return_index=True, return_inverse=True)
-    R = request_id.shape[0]
-    for name in REQUEST_COLUMNS[1:]:  # one request id = one request: its columns are constant
-        col = cols[name]
-        bad = np.flatnonzero(col != col[first][inverse])
-        if bad.size:
-            i = int(bad[0])
-            raise DataError(f"{ap}: request_id {int(rid_all[i])} has conflicting {name} values "
-                            f"({int(col[first[inverse[i]]])} and {int(col[i])}): duplicated request "
-                            "id? (every request-level column must be constant within a request)")
+    req = _scan_requests(ap, spec, counts, date)
+    R = req.request_id.shape[0]
     context = np.zeros((R, 8), dtype=np.int32)
-    req_ts_ms = cols["request_timestamp"][first]
+    req_ts_ms = req.first["request_timestamp"]
     context[:, :3] = calendar_features(req_ts_ms // 1000, tz)
     for j, name in enumerate(("user_id", "device_id", "gender", "age", "province")):
-        v = cols[name][first]
+        v = req.first[name]
         _check_range(name, v, None, counts[name], f"{ap}")
         context[:, 3 + j] = v + 1
 
-    # ---- positive index look-up on sorted (request_id, video_id) keys ----------------------
-    is_pos = cols[pos_flag] == 1
-    vid_span = max(int(counts["video_id"]), int(cols["video_id"].max(initial=0)) + 1) + 1
-    pos_keys = rid_all[is_pos] * vid_span + cols["video_id"][is_pos]
-    pos_index = cols[spec.index_column][is_pos]
-    order = np.argsort(pos_keys, kind="stable")
-    pos_keys, pos_index = pos_keys[order], pos_index[order]
-    del cols, rid_all
-
     # ---- candidate groups from request_id_dict --------------------------------------------
-    rd = safe_load_pickle(rp)
-    if not isinstance(rd, Mapping):
-        raise DataError(f"{rp}: expected a dict request_id -> stage dict, found {type(rd).__name__}")
-    rid_list = request_id.tolist()
-    per_request = _lookup(rd, rid_list, rp)
-    del rd
-    K = spec.group_size
     N = spec.num_slots
     items = np.zeros((R, N, 8), dtype=np.int32)
     items[:, :, 3] = CATE1_PAD
     item_mask = np.zeros((R, N), dtype=bool)
     labels = np.zeros((R, N), dtype=np.int16)
-    stats: dict[str, Any] = {"requests": int(R), "missing_positive": 0, "tz": tz}
-    for g, group in enumerate(spec.groups):
-        stage_arrays = [(s.get(group) if isinstance(s, Mapping) else _bad_stage(rp, s))
-                        for s in per_request]
-        rows, n = _first_rows(stage_arrays, 8, K, f"{rp} [{group}]")
-        valid = np.arange(K)[None, :] < n[:, None]  # [R, K]
-        where = f"{rp} [{group}]"
-        for name, c in (("video_id", RD_VIDEO), ("author_id", RD_AUTHOR),
-                        ("category_level_two", RD_CATE2), ("upload_type", RD_UTYPE)):
-            _check_range(name, rows[..., c], valid, counts[name], where)
-        _check_range("category_level_one", rows[..., RD_CATE1], valid,
-                     counts["category_level_one"] + 2, where)
-        sl = spec.group_slice(group)
-        blk = np.zeros((R, K, 8), dtype=np.int64)
-        blk[..., 0] = rows[..., RD_VIDEO] + 1
-        blk[..., 1] = rows[..., RD_AUTHOR] + 1
-        blk[..., 2] = rows[..., RD_CATE2] + 1
-        blk[..., 3] = rows[..., RD_CATE1]
-        blk[..., 4] = rows[..., RD_UTYPE] + 1
-        if valid.any():
-            blk[valid, 5:8] = calendar_features(rows[..., RD_UPLOAD_TS][valid], tz)
-        blk[~valid] = 0
-        blk[~valid, 3] = CATE1_PAD
-        items[:, sl] = blk
-        item_mask[:, sl] = valid
-        if g == 0:
-            keys = request_id[:, None] * vid_span + rows[..., RD_VIDEO]
-            if pos_keys.size:
-                at = np.minimum(np.searchsorted(pos_keys, keys), pos_keys.size - 1)
-                found = pos_keys[at] == keys
-                idx = np.where(found, pos_index[at], missing_index)
-            else:
-                found = np.zeros_like(valid)
-                idx = np.full(keys.shape, missing_index, dtype=np.int64)
-            stats["missing_positive"] = int((valid & ~found).sum())
-            lab = LABEL_BASE - idx
-        else:
-            lab = np.full((R, K), LABEL_BASE - spec.negative_index[group], dtype=np.int64)
-        labels[:, sl] = np.where(valid, lab, 0)
-    del per_request
+    stats: dict[str, Any] = {"requests": int(R), "tz": tz}
+    stats["missing_positive"] = _fill_candidates(rp, spec, req, counts, tz, missing_index, items,
+                                                 item_mask, labels)
     if stats["missing_positive"]:
         log.warning("%s: %d positive %s videos have no %s row in %s; they get index %d (label %d)",
                     date, stats["missing_positive"], spec.positive_group, spec.positive_group, ap,
                     missing_index, LABEL_BASE - missing_index)
 
     # ---- histories from seq_effective_50_dict ---------------------------------------------
-    hd = safe_load_pickle(hp)
-    if not isinstance(hd, Mapping):
-        raise DataError(f"{hp}: expected a dict request_id -> [50, 10] array, found "
-                        f"{type(hd).__name__}")
-    hist_list = _lookup(hd, rid_list, hp)
-    del hd
-    try:
-        raw = np.stack(hist_list)
-    except (ValueError, TypeError):
-        shapes = sorted({str(getattr(h, "shape", type(h).__name__)) for h in hist_list})
-        raise DataError(f"{hp}: expected every history to be an array of shape "
-                        f"[{HISTORY_LEN}, 10], found {', '.join(shapes[:5])}") from None
-    if raw.ndim != 3 or raw.shape[1] != HISTORY_LEN or raw.shape[2] < 8:
-        raise DataError(f"{hp}: expected histories of shape [{HISTORY_LEN}, 10], found "
-                        f"{raw.shape[1:]}")
-    if not np.issubdtype(raw.dtype, np.integer):
-        raise DataError(f"{hp}: expected integer histories, found dtype {raw.dtype}")
-    raw = raw.astype(np.int64, copy=False)
-    _check_history_layout(raw, req_ts_ms, request_id, hp)
-    raw = raw[:, HISTORY_LEN - history_len:]
-    hmask = raw[..., H_REQ_TS] > 0
-    for name, c in (("video_id", H_VIDEO), ("author_id", H_AUTHOR),
-                    ("category_level_two", H_CATE2), ("upload_type", H_UTYPE)):
-        _check_range(name, raw[..., c], hmask, counts[name], str(hp))
-    _check_range("category_level_one", raw[..., H_CATE1], hmask, counts["category_level_one"] + 2,
-                 str(hp))
     history = np.zeros((R, history_len, 5), dtype=np.int32)
-    for j, (c, shift) in enumerate(((H_VIDEO, 1), (H_AUTHOR, 1), (H_CATE2, 1), (H_CATE1, 0),
-                                    (H_UTYPE, 1))):
-        history[..., j] = np.where(hmask, raw[..., c] + shift, 0)
-    del raw, hist_list
+    hmask = np.zeros((R, history_len), dtype=bool)
+    _fill_histories(hp, req, req_ts_ms, counts, history_len, history, hmask)
     stats["empty_history"] = int((~hmask.any(axis=1)).sum())
     stats["padded_slots"] = int((~item_mask).sum())
-    return DayData(date=date, spec_name=spec.name, request_id=request_id.astype(np.int64),
+    return DayData(date=date, spec_name=spec.name, request_id=req.request_id.astype(np.int64),
                    context=context, history=history, history_mask=hmask, items=items,
                    item_mask=item_mask, labels=labels, stats=stats)
 

@@ -62,6 +62,7 @@ def _allowed() -> dict[tuple[str, str], Any]:
             ("builtins", "set"): set,
             ("builtins", "frozenset"): frozenset,
             ("builtins", "bytearray"): bytearray,
+            ("builtins", "bytes"): bytes,      # empty bytes in protocol 0-2 pickles
             ("builtins", "tuple"): tuple,
             ("builtins", "list"): list,
             ("builtins", "dict"): dict,
