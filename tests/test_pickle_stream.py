@@ -190,3 +190,26 @@ def test_conflict_across_record_batches_is_found(tiny_copy, monkeypatch):
     rid = int(t.loc[0, "request_id"])
     with pytest.raises(DataError, match=f"request_id {rid} has conflicting request_timestamp"):
         build_day_arrays(tiny_copy, DAY, TWO_STAGE)
+
+
+def test_writer_output_loads_with_pickle_and_the_stream(tmp_path):
+    from deep_components.data.pickle_writer import DictPickleWriter
+
+    rng = np.random.default_rng(1)
+    d = {int(rng.integers(-9, 1 << 45)): {"rank_pos": rng.integers(0, 1 << 40, (int(rng.integers(0, 12)), 8)),
+                                           "x": rng.integers(0, 9, (3,)).astype(np.int32)}
+         for _ in range(2600)}
+    d[11] = {}
+    d[12] = {"empty": np.zeros((0, 8), np.int64), "big": np.arange(70_000, dtype=np.int64)}
+    p = tmp_path / "w.pkl"
+    with open(p, "wb") as f, DictPickleWriter(f) as w:
+        for k, v in d.items():
+            w.add(k, v)
+    with open(p, "rb") as f:
+        _equal(pickle.load(f), d)
+    _equal(_streamed(p), d)
+    h = {i: rng.integers(0, 9, (50, 10)) for i in range(1500)}
+    with open(p, "wb") as f, DictPickleWriter(f) as w:
+        w.add_many(h.items())
+    with open(p, "rb") as f:
+        _equal(pickle.load(f), h)

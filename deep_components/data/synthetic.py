@@ -23,7 +23,10 @@ The world (see data/README.md for every parameter):
 * a fraction ``short_frac`` of requests has one stage array cut to 0..9 rows, so padding occurs.
 
 Everything is vectorised over requests and items; the only per-request Python is building the
-pickled dicts, which the format imposes.  Deterministic for a given seed and parameters.
+pickled dicts, which the format imposes.  Days are generated one after the other and, within a
+day, ``chunk_requests`` requests at a time, written as they are made (Feather record batches,
+streamed pickles), so memory follows a chunk, not the dataset.  Deterministic for a given seed
+and parameters.
 """
 from __future__ import annotations
 
@@ -37,10 +40,12 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from . import layout
+from .pickle_writer import DictPickleWriter
 from .timefeat import DEFAULT_TZ, utc_offset_seconds
 
 STAGE_LABELS = ("realshow", "rerank_pos", "rerank_neg", "rank_pos", "rank_neg", "coarse_neg",
@@ -96,6 +101,8 @@ class WorldParams:
     short_frac: float = 0.03
     # id spaces: None = dense ids (id_cnt = entity counts); else id_cnt values, ids spread in them
     id_space: dict | None = None
+    # requests simulated and written at a time (None = a whole day at once); bounds memory
+    chunk_requests: int | None = None
 
     def validate(self) -> None:
         if not (self.pool_size - self.prerank_keep >= GROUP and
@@ -142,6 +149,12 @@ PRESETS: dict[str, dict] = {
     "recflow-scale": dict(days=2, requests_per_day=2_000, users=2_000, videos=50_000,
                           authors=10_000, cate1=140, cate2=784, upload_types=40, pool_size=100,
                           prerank_keep=70, coarse_keep=50, id_space=dict(RECFLOW_ID_COUNTS)),
+    # one RecFlow day's size: 251k requests of 200 all_stage rows, the real id spaces, millions
+    # of distinct videos; for benchmarks (conversion, memory, speed), never for tests
+    "recflow-day": dict(days=2, requests_per_day=251_000, users=42_472, videos=4_000_000,
+                        authors=1_000_000, cate1=140, cate2=784, upload_types=40, pool_size=200,
+                        prerank_keep=120, coarse_keep=60, rerank_size=20,
+                        id_space=dict(RECFLOW_ID_COUNTS), chunk_requests=16_384),
 }
 
 
@@ -321,7 +334,7 @@ def _positions(score: np.ndarray, alive: np.ndarray) -> np.ndarray:
 
 @dataclass
 class DayLog:
-    """One simulated day: per request (R) and per pool slot (P)."""
+    """Simulated requests (R) of one day, or of a chunk of it, and their pool slots (P)."""
 
     request_id: np.ndarray     # [R]
     user: np.ndarray           # [R] user entity index
@@ -335,9 +348,21 @@ class DayLog:
     cut_len: np.ndarray        # [R] rows kept of that stage
 
 
-def simulate_day(w: World, rng: np.random.Generator, day: int, first_request_id: int) -> DayLog:
+@dataclass
+class DayPlan:
+    """The request-level draws of one day (who, when, which stage array is cut short)."""
+
+    request_id: np.ndarray     # [R] ascending with time
+    user: np.ndarray           # [R]
+    hour: np.ndarray           # [R] local hour
+    ts_ms: np.ndarray          # [R]
+    cut_label: np.ndarray      # [R]
+    cut_len: np.ndarray        # [R]
+
+
+def plan_day(w: World, rng: np.random.Generator, day: int, first_request_id: int) -> DayPlan:
     p = w.p
-    R, P = p.requests_per_day, p.pool_size
+    R = p.requests_per_day
     user = rng.choice(p.users, size=R, p=w.user_activity)
     # diurnal traffic: busier in the local evening
     hour_w = _normalise(1.0 + 0.8 * np.sin((np.arange(24) - 14) / 24 * 2 * np.pi) ** 2
@@ -345,15 +370,25 @@ def simulate_day(w: World, rng: np.random.Generator, day: int, first_request_id:
     hour = rng.choice(24, size=R, p=hour_w)
     ts_ms = w.day_start_ms[day] + hour * 3_600_000 + rng.integers(0, 3_600_000, size=R)
     order = np.argsort(ts_ms, kind="stable")           # request ids follow time
-    user, hour, ts_ms = user[order], hour[order], ts_ms[order]
-    request_id = first_request_id + np.arange(R, dtype=np.int64)
+    cut = rng.random(R) < p.short_frac
+    cut_label = np.where(cut, rng.integers(1, len(STAGE_LABELS), size=R), -1)
+    cut_len = rng.integers(0, GROUP, size=R)
+    return DayPlan(first_request_id + np.arange(R, dtype=np.int64), user[order], hour[order],
+                   ts_ms[order], cut_label, cut_len)
 
+
+def simulate_requests(w: World, rng: np.random.Generator, plan: DayPlan, sl: slice) -> DayLog:
+    """Candidate pools, the logged cascade and feedback of requests ``plan[sl]``."""
+    p = w.p
+    user, hour, ts_ms = plan.user[sl], plan.hour[sl], plan.ts_ms[sl]
+    R, P = len(user), p.pool_size
     pool = _unique_rows(w, rng, user, P)
     lat = np.einsum("rd,rpd->rp", w.user_latent[user], w.video_latent[pool]) / np.sqrt(p.latent_dim)
     c1 = w.video_cate1[pool]
     r = (p.w_latent * lat + p.w_pref * np.take_along_axis(w.user_pref[user], c1, axis=1)
          + w.video_static[pool] + p.w_hour * w.hour_cate[hour[:, None], c1]
          + p.sigma_r * rng.normal(size=(R, P)))
+    del lat, c1
     n_pre, n_coarse, n_rank, n_rerank = p.stage_noise
     alive = np.ones((R, P), dtype=bool)
     pre = _positions(r + n_pre * rng.normal(size=(R, P)), alive)
@@ -387,10 +422,14 @@ def simulate_day(w: World, rng: np.random.Generator, day: int, first_request_id:
         "follow": (eff & (u < 0.02)).astype(np.int64), "forward": (eff & (u < 0.01)).astype(np.int64),
         "comment": (eff & (u < 0.015)).astype(np.int64),
     }
-    cut = rng.random(R) < p.short_frac
-    cut_label = np.where(cut, rng.integers(1, len(STAGE_LABELS), size=R), -1)
-    cut_len = rng.integers(0, GROUP, size=R)
-    return DayLog(request_id, user, ts_ms, pool, flags, rank, rerank, feedback, cut_label, cut_len)
+    return DayLog(plan.request_id[sl], user, ts_ms, pool, flags, rank, rerank, feedback,
+                  plan.cut_label[sl], plan.cut_len[sl])
+
+
+def simulate_day(w: World, rng: np.random.Generator, day: int, first_request_id: int) -> DayLog:
+    """A whole day in one piece (small worlds, tests)."""
+    plan = plan_day(w, rng, day, first_request_id)
+    return simulate_requests(w, rng, plan, slice(None))
 
 
 # --------------------------------------------------------------------------------------------
@@ -479,78 +518,119 @@ def _item_columns(w: World, video: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+class DayWriter:
+    """Writes one day (all_stage, realshow, request_id_dict, seq_effective_50_dict) chunk of
+    requests by chunk: Feather record batches and streamed pickles, so a day of any size is
+    written in the memory of one chunk."""
+
+    def __init__(self, out: Path, date: str):
+        self.out, self.date = out, date
+        self.rows = 0
+        self._tables: dict[str, Any] = {}
+        self._files = [open(out / layout.REQUEST_DICT_DIR / f"{date}.pkl", "wb"),
+                       open(out / layout.HISTORY_DIR / f"{date}.pkl", "wb")]
+        self.rd = DictPickleWriter(self._files[0])
+        self.hd = DictPickleWriter(self._files[1])
+
+    def _table(self, sub: str, table) -> None:
+        import pyarrow as pa
+
+        if sub not in self._tables:
+            opts = pa.ipc.IpcWriteOptions(compression="lz4")
+            self._tables[sub] = pa.ipc.new_file(str(self.out / sub / f"{self.date}.feather"),
+                                                table.schema, options=opts)
+        self._tables[sub].write_table(table, max_chunksize=1 << 16)
+
+    def write(self, w: World, log: DayLog, hist: np.ndarray) -> None:
+        """Append requests ``log`` with their histories ``hist`` [R, 50, 10]."""
+        import pyarrow as pa
+
+        R, P = log.pool.shape
+        u = log.user
+        cols: dict[str, np.ndarray] = {
+            "request_id": np.repeat(log.request_id, P),
+            "request_timestamp": np.repeat(log.ts_ms, P),
+            "user_id": np.repeat(w.ids["user_id"][u], P),
+            "device_id": np.repeat(w.ids["device_id"][w.user_device[u]], P),
+            "age": np.repeat(w.user_age[u], P),
+            "gender": np.repeat(w.user_gender[u], P),
+            "province": np.repeat(w.user_province[u], P),
+        }
+        cols.update({k: v.reshape(-1) for k, v in _item_columns(w, log.pool).items()})
+        for k in FLAG_COLUMNS:
+            cols[k] = log.flags[k].reshape(-1)
+        cols["rank_index"] = log.rank_pos.reshape(-1).astype(np.int64)
+        cols["rerank_index"] = log.rerank_pos.reshape(-1).astype(np.int64)
+        for k in FEEDBACK_COLUMNS:
+            cols[k] = log.feedback[k].reshape(-1)
+        table = pa.table({k: np.ascontiguousarray(v, dtype=np.int64) for k, v in cols.items()})
+        self._table(layout.ALL_STAGE, table)
+        self._table(layout.REALSHOW, table.take(np.flatnonzero(cols["realshow"] == 1)))
+        self.rows += int(table.num_rows)
+        del table
+
+        # request_id_dict: per stage, positives in stage order, everything else in random order
+        rng_order = np.random.default_rng(int(log.request_id[0]) + 7)
+        item = np.stack([cols[k].reshape(R, P) for k in
+                         ("video_id", "author_id", "duration", "category_level_two", "upload_type",
+                          "upload_timestamp", "category_level_one")]
+                        + [log.feedback["effective_view"]], axis=-1)  # [R, P, 8]
+        del cols
+        stage_rows = {}
+        for label in STAGE_LABELS:
+            member = log.flags[label].astype(bool)
+            if label in ("rank_pos",):
+                key = np.where(member, log.rank_pos, np.iinfo(np.int64).max)
+            elif label in ("rerank_pos", "realshow"):
+                key = np.where(member, log.rerank_pos, np.iinfo(np.int64).max)
+            else:
+                key = np.where(member, rng_order.integers(0, 1 << 30, size=(R, P)),
+                               np.iinfo(np.int64).max)
+            n = member.sum(axis=1)
+            order = np.argsort(key, axis=1, kind="stable")[:, : int(n.max(initial=0))]
+            rows = np.take_along_axis(item, order[:, :, None], axis=1)
+            stage_rows[label] = (np.ascontiguousarray(rows), n.tolist())
+        rids = log.request_id.tolist()
+        cut_label, cut_len = log.cut_label.tolist(), log.cut_len.tolist()
+        for i, rid in enumerate(rids):  # the pickle format is one dict per request
+            d = {}
+            for j, label in enumerate(STAGE_LABELS):
+                rows, n = stage_rows[label]
+                k = n[i]
+                if cut_label[i] == j:
+                    k = min(k, cut_len[i])
+                    if k == 0:
+                        continue  # a missing stage key, as in the released data
+                d[label] = rows[i, :k]
+            self.rd.add(rid, d)
+        for i, rid in enumerate(rids):
+            self.hd.add(rid, hist[i])
+
+    def close(self) -> int:
+        """Finish every file; returns the day's all_stage rows."""
+        for t in self._tables.values():
+            t.close()
+        self.rd.close()
+        self.hd.close()
+        for f in self._files:
+            f.close()
+        return self.rows
+
+
 def write_day(w: World, log: DayLog, hist: np.ndarray, out: Path, date: str) -> int:
-    """Write all_stage, realshow and both pickles of one day; returns all_stage rows."""
-    import pyarrow as pa
-    import pyarrow.feather as feather
-
-    R, P = log.pool.shape
-    u = log.user
-    cols: dict[str, np.ndarray] = {
-        "request_id": np.repeat(log.request_id, P),
-        "request_timestamp": np.repeat(log.ts_ms, P),
-        "user_id": np.repeat(w.ids["user_id"][u], P),
-        "device_id": np.repeat(w.ids["device_id"][w.user_device[u]], P),
-        "age": np.repeat(w.user_age[u], P),
-        "gender": np.repeat(w.user_gender[u], P),
-        "province": np.repeat(w.user_province[u], P),
-    }
-    cols.update({k: v.reshape(-1) for k, v in _item_columns(w, log.pool).items()})
-    for k in FLAG_COLUMNS:
-        cols[k] = log.flags[k].reshape(-1)
-    cols["rank_index"] = log.rank_pos.reshape(-1).astype(np.int64)
-    cols["rerank_index"] = log.rerank_pos.reshape(-1).astype(np.int64)
-    for k in FEEDBACK_COLUMNS:
-        cols[k] = log.feedback[k].reshape(-1)
-    table = pa.table({k: np.ascontiguousarray(v, dtype=np.int64) for k, v in cols.items()})
-    feather.write_feather(table, str(out / layout.ALL_STAGE / f"{date}.feather"))
-    shown = np.flatnonzero(cols["realshow"] == 1)
-    feather.write_feather(table.take(shown), str(out / layout.REALSHOW / f"{date}.feather"))
-
-    # request_id_dict: per stage, positives in stage order, everything else in random order
-    rng_order = np.random.default_rng(int(log.request_id[0]) + 7)
-    item = np.stack([cols[k].reshape(R, P) for k in
-                     ("video_id", "author_id", "duration", "category_level_two", "upload_type",
-                      "upload_timestamp", "category_level_one")]
-                    + [log.feedback["effective_view"]], axis=-1)  # [R, P, 8]
-    stage_rows = {}
-    for label in STAGE_LABELS:
-        member = log.flags[label].astype(bool)
-        if label in ("rank_pos",):
-            key = np.where(member, log.rank_pos, np.iinfo(np.int64).max)
-        elif label in ("rerank_pos", "realshow"):
-            key = np.where(member, log.rerank_pos, np.iinfo(np.int64).max)
-        else:
-            key = np.where(member, rng_order.integers(0, 1 << 30, size=(R, P)),
-                           np.iinfo(np.int64).max)
-        n = member.sum(axis=1)
-        order = np.argsort(key, axis=1, kind="stable")[:, : int(n.max(initial=0))]
-        rows = np.take_along_axis(item, order[:, :, None], axis=1)
-        stage_rows[label] = (np.ascontiguousarray(rows), n)
-    rd = {}
-    rids = log.request_id.tolist()
-    cut_label, cut_len = log.cut_label.tolist(), log.cut_len.tolist()
-    for i, rid in enumerate(rids):  # the pickle format is one dict per request
-        d = {}
-        for j, label in enumerate(STAGE_LABELS):
-            rows, n = stage_rows[label]
-            k = int(n[i])
-            if cut_label[i] == j:
-                k = min(k, cut_len[i])
-                if k == 0:
-                    continue  # a missing stage key, as in the released data
-            d[label] = rows[i, :k]
-        rd[rid] = d
-    with open(out / layout.REQUEST_DICT_DIR / f"{date}.pkl", "wb") as f:
-        pickle.dump(rd, f, protocol=4)
-    with open(out / layout.HISTORY_DIR / f"{date}.pkl", "wb") as f:
-        pickle.dump({rid: hist[i] for i, rid in enumerate(rids)}, f, protocol=4)
-    return int(table.num_rows)
+    """Write all_stage, realshow and both pickles of one day in one piece; returns all_stage rows."""
+    writer = DayWriter(out, date)
+    writer.write(w, log, hist)
+    return writer.close()
 
 
 def generate(out: str | os.PathLike, params: WorldParams, seed: int = 0, *, preset: str = "custom",
              verbose: bool = True) -> dict:
-    """Generate a dataset under ``out``; returns a summary dict (also written to SYNTHETIC.json)."""
+    """Generate a dataset under ``out``; returns a summary dict (also written to SYNTHETIC.json).
+
+    Day by day, and within a day ``params.chunk_requests`` requests at a time (requests are in
+    time order, so a chunk's histories only need views of earlier chunks and days): memory
+    follows one chunk and the views so far, not the dataset."""
     params.validate()
     t0 = time.perf_counter()
     out = Path(out)
@@ -561,20 +641,26 @@ def generate(out: str | os.PathLike, params: WorldParams, seed: int = 0, *, pres
     w = build_world(params, rng)
     pre, n_pre = prehistory(w, rng, first_request_id=0)
     next_rid = n_pre
-    logs = []
-    for day in range(params.days):
-        logs.append(simulate_day(w, rng, day, next_rid))
-        next_rid += params.requests_per_day
-    views = collect_views([pre] + [day_views(lg) for lg in logs])
+    view_parts = [pre]
     start = dt.date.fromisoformat(params.start_date)
     dates, rows = [], 0
-    for day, lg in enumerate(logs):
+    R = params.requests_per_day
+    chunk = params.chunk_requests or R
+    for day in range(params.days):
         date = (start + dt.timedelta(days=day)).isoformat()
-        hist = histories(w, views, lg.user, lg.ts_ms)
-        rows += write_day(w, lg, hist, out, date)
+        plan = plan_day(w, rng, day, next_rid)
+        next_rid += R
+        writer = DayWriter(out, date)
+        for a in range(0, R, chunk):
+            lg = simulate_requests(w, rng, plan, slice(a, min(a + chunk, R)))
+            view_parts.append(day_views(lg))
+            views = collect_views(view_parts)
+            writer.write(w, lg, histories(w, views, lg.user, lg.ts_ms))
+            del lg, views
+        rows += writer.close()
         dates.append(date)
         if verbose:
-            print(f"  {date}: {params.requests_per_day} requests", file=sys.stderr)
+            print(f"  {date}: {R} requests", file=sys.stderr)
     counts = dict(params.id_space or params.entity_counts())
     counts["request_id"] = next_rid
     # the released file's spelling: a leading space on the level-two category key
