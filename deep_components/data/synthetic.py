@@ -356,11 +356,19 @@ class DayPlan:
     user: np.ndarray           # [R]
     hour: np.ndarray           # [R] local hour
     ts_ms: np.ndarray          # [R]
-    cut_label: np.ndarray      # [R]
-    cut_len: np.ndarray        # [R]
+    cut_label: np.ndarray | None  # [R] (None: drawn after the day's simulation, see generate)
+    cut_len: np.ndarray | None    # [R]
 
 
-def plan_day(w: World, rng: np.random.Generator, day: int, first_request_id: int) -> DayPlan:
+def draw_cuts(p: WorldParams, rng: np.random.Generator, R: int) -> tuple[np.ndarray, np.ndarray]:
+    """Which stage array of each request is cut short (-1 = none), and to how many rows."""
+    cut = rng.random(R) < p.short_frac
+    cut_label = np.where(cut, rng.integers(1, len(STAGE_LABELS), size=R), -1)
+    return cut_label, rng.integers(0, GROUP, size=R)
+
+
+def plan_day(w: World, rng: np.random.Generator, day: int, first_request_id: int,
+             cuts: bool = True) -> DayPlan:
     p = w.p
     R = p.requests_per_day
     user = rng.choice(p.users, size=R, p=w.user_activity)
@@ -370,9 +378,7 @@ def plan_day(w: World, rng: np.random.Generator, day: int, first_request_id: int
     hour = rng.choice(24, size=R, p=hour_w)
     ts_ms = w.day_start_ms[day] + hour * 3_600_000 + rng.integers(0, 3_600_000, size=R)
     order = np.argsort(ts_ms, kind="stable")           # request ids follow time
-    cut = rng.random(R) < p.short_frac
-    cut_label = np.where(cut, rng.integers(1, len(STAGE_LABELS), size=R), -1)
-    cut_len = rng.integers(0, GROUP, size=R)
+    cut_label, cut_len = draw_cuts(p, rng, R) if cuts else (None, None)
     return DayPlan(first_request_id + np.arange(R, dtype=np.int64), user[order], hour[order],
                    ts_ms[order], cut_label, cut_len)
 
@@ -422,13 +428,17 @@ def simulate_requests(w: World, rng: np.random.Generator, plan: DayPlan, sl: sli
         "follow": (eff & (u < 0.02)).astype(np.int64), "forward": (eff & (u < 0.01)).astype(np.int64),
         "comment": (eff & (u < 0.015)).astype(np.int64),
     }
+    if plan.cut_label is None:            # a day in one piece: cuts are drawn after it
+        cut_label, cut_len = draw_cuts(p, rng, R)
+    else:
+        cut_label, cut_len = plan.cut_label[sl], plan.cut_len[sl]
     return DayLog(plan.request_id[sl], user, ts_ms, pool, flags, rank, rerank, feedback,
-                  plan.cut_label[sl], plan.cut_len[sl])
+                  cut_label, cut_len)
 
 
 def simulate_day(w: World, rng: np.random.Generator, day: int, first_request_id: int) -> DayLog:
     """A whole day in one piece (small worlds, tests)."""
-    plan = plan_day(w, rng, day, first_request_id)
+    plan = plan_day(w, rng, day, first_request_id, cuts=False)
     return simulate_requests(w, rng, plan, slice(None))
 
 
@@ -648,7 +658,8 @@ def generate(out: str | os.PathLike, params: WorldParams, seed: int = 0, *, pres
     chunk = params.chunk_requests or R
     for day in range(params.days):
         date = (start + dt.timedelta(days=day)).isoformat()
-        plan = plan_day(w, rng, day, next_rid)
+        # a day in one piece keeps the draw order of the presets made before chunking existed
+        plan = plan_day(w, rng, day, next_rid, cuts=chunk < R)
         next_rid += R
         writer = DayWriter(out, date)
         for a in range(0, R, chunk):
