@@ -69,16 +69,29 @@ class Vocabulary:
         """int64 [rows]: the key each row is initialised from (its shifted id; -1 unknown)."""
         return np.concatenate([np.array([PAD_ROW, UNKNOWN_KEY], dtype=np.int64), self.ids[field]])
 
-    def map_ids(self, field: str, values: np.ndarray) -> tuple[np.ndarray, int]:
+    def lookup(self, field: str) -> np.ndarray:
+        """int32 [max id + 1]: shifted id -> row (0 -> padding row, absent -> unknown row).
+        A direct table makes mapping a gather (a 10M-id column in ~0.1 s instead of seconds
+        of binary search); 4 bytes per possible id up to the largest id of the vocabulary."""
+        ids = self.ids[field]
+        top = int(ids[-1]) if len(ids) else 0
+        lut = np.full(top + 1, UNKNOWN_ROW, dtype=np.int32)
+        lut[ids] = np.arange(FIRST_ROW, FIRST_ROW + len(ids), dtype=np.int32)
+        lut[0] = PAD_ROW
+        return lut
+
+    def map_ids(self, field: str, values: np.ndarray,
+                lut: np.ndarray | None = None) -> tuple[np.ndarray, int]:
         """Shifted ids (any shape) -> compact rows (int32), and how many non-padding ids were
         absent (mapped to the unknown row)."""
-        ids = self.ids[field]
+        lut = self.lookup(field) if lut is None else lut
         v = np.asarray(values)
-        pos = np.searchsorted(ids, v)
-        found = ids[np.minimum(pos, len(ids) - 1)] == v if len(ids) else np.zeros(v.shape, bool)
-        out = np.where(found, pos + FIRST_ROW, UNKNOWN_ROW)
-        out[v == 0] = PAD_ROW
-        return out.astype(np.int32), int(((v != 0) & ~found).sum())
+        top = lut.shape[0] - 1
+        if v.size and (int(v.max()) > top or int(v.min()) < 0):
+            out = np.where((v >= 0) & (v <= top), lut[np.clip(v, 0, top)], UNKNOWN_ROW)
+        else:
+            out = lut[v]
+        return out.astype(np.int32, copy=False), int(np.count_nonzero(out == UNKNOWN_ROW))
 
     def apply(self, day: DayData, in_place: bool = False) -> DayData:
         """The day with every compact field's ids replaced by table rows.  ``in_place`` rewrites
@@ -90,8 +103,9 @@ class Vocabulary:
         unknown = {}
         for field, places in LOCATIONS.items():
             n = 0
+            lut = self.lookup(field)
             for name, col in places:
-                rows, absent = self.map_ids(field, arrays[name][..., col])
+                rows, absent = self.map_ids(field, arrays[name][..., col], lut)
                 arrays[name][..., col] = rows
                 n += absent
             unknown[field] = n
@@ -127,17 +141,24 @@ class Vocabulary:
 
 
 def build_vocabulary(days) -> Vocabulary:
-    """The distinct ids of every compact field over an iterable of :class:`DayData`."""
-    parts: dict[str, list[np.ndarray]] = {f: [] for f in COMPACT_FIELDS}
+    """The distinct ids of every compact field over an iterable of :class:`DayData`.
+
+    Presence bitmaps (one bool per possible id up to the largest seen) instead of sorting:
+    linear in the day's size."""
+    seen: dict[str, np.ndarray] = {f: np.zeros(1, dtype=bool) for f in COMPACT_FIELDS}
     for day in days:
         for field, places in LOCATIONS.items():
-            seen = [np.unique(np.asarray(getattr(day, name)[..., col])) for name, col in places]
-            parts[field].append(np.unique(np.concatenate(seen)))
-    ids = {}
-    for field, p in parts.items():
-        u = np.unique(np.concatenate(p)) if p else np.zeros(0, np.int64)
-        ids[field] = u[u > 0].astype(np.int64)
-    return Vocabulary(ids)
+            for name, col in places:
+                v = np.asarray(getattr(day, name)[..., col]).ravel()
+                if not v.size:
+                    continue
+                top = int(v.max())
+                if top >= seen[field].shape[0]:
+                    grown = np.zeros(top + 1, dtype=bool)
+                    grown[:seen[field].shape[0]] = seen[field]
+                    seen[field] = grown
+                seen[field][v] = True
+    return Vocabulary({f: np.flatnonzero(m[1:]).astype(np.int64) + 1 for f, m in seen.items()})
 
 
 def load_vocabulary(root: str | os.PathLike, dates: list[str], spec, tz: str, *,
