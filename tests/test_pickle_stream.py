@@ -5,8 +5,6 @@ from __future__ import annotations
 import collections
 import pickle
 import shutil
-import sys
-import types
 
 import numpy as np
 import pyarrow.feather as feather
@@ -17,6 +15,7 @@ from deep_components.cascade import THREE_STAGE, TWO_STAGE
 from deep_components.data import DataError, build_day_arrays
 from deep_components.data import pickle_stream, recflow
 from deep_components.data.pickle_stream import SharedObject, iter_pickled_items
+from raw_files import released_utils
 
 DAY = "2024-01-14"
 
@@ -68,19 +67,13 @@ def test_stream_equals_pickle_load(tmp_path, protocol, monkeypatch):
 
 
 def test_defaultdict_top_level_and_released_factory(tmp_path):
-    utils = types.ModuleType("utils")
-    exec("import collections\ndef defaultdict_tuple():\n    return collections.defaultdict(tuple)\n",
-         utils.__dict__)
-    sys.modules["utils"] = utils
-    try:
+    with released_utils() as utils:
         dd = collections.defaultdict(utils.defaultdict_tuple)
         for i in range(3000):
             dd[i]["rank_pos"] = np.full((2, 8), i, dtype=np.int64)
         p = tmp_path / "dd.pkl"
         with open(p, "wb") as f:
             pickle.dump(dd, f, protocol=4)
-    finally:
-        del sys.modules["utils"]
     batches = list(iter_pickled_items(p))
     assert len(batches) == 3                       # handed out as pickle writes them: 1,000 a batch
     got = dict(kv for b in batches for kv in b)

@@ -7,7 +7,6 @@ import os
 import pickle
 import subprocess
 import sys
-import types
 import zoneinfo
 
 import numpy as np
@@ -23,7 +22,7 @@ from deep_components.data import cache as cache_mod
 from deep_components.data.safe_pickle import safe_load_pickle
 from deep_components.data.timefeat import calendar_features
 
-from raw_files import read_raw_day
+from raw_files import read_raw_day, released_utils
 
 DAY = "2024-01-14"
 
@@ -209,18 +208,12 @@ def test_drift_stage_keys_one_row_arrays_defaultdicts(tiny_copy):
     one = rd[rids[2]]["prerank_neg"][0].copy()
     rd[rids[2]]["prerank_neg"] = one                                 # 1-row array stored 1-D
     # the released pickles are defaultdicts whose factory lives in a module named utils
-    utils = types.ModuleType("utils")
-    exec("import collections\ndef defaultdict_tuple():\n    return collections.defaultdict(tuple)\n",
-         utils.__dict__)
-    sys.modules["utils"] = utils
-    try:
+    with released_utils() as utils:
         dd = collections.defaultdict(utils.defaultdict_tuple)
         for k, v in rd.items():
             dd[k] = v
         with open(p, "wb") as f:
             pickle.dump(dd, f)
-    finally:
-        del sys.modules["utils"]
     cnt_path = tiny_copy / "others" / "id_cnt.pkl"
     with open(cnt_path, "rb") as f:
         cnt = pickle.load(f)

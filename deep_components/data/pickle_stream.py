@@ -27,7 +27,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from .errors import DataError
-from .safe_pickle import _allowed
+from .safe_pickle import _allowed, open_pickle
 
 #: bytes read from the file at a time
 CHUNK = 1 << 22
@@ -50,6 +50,7 @@ _S_H = struct.Struct("<H")
 _S_I4 = struct.Struct("<I")
 _S_Q = struct.Struct("<Q")
 _S_D = struct.Struct(">d")
+_SIZES = {2: _S_H, 4: _S_I4, 8: _S_Q}
 
 
 def _keep(obj: Any) -> bool:
@@ -92,13 +93,7 @@ def iter_pickled_items(path: str | os.PathLike) -> Iterator[list[tuple[Any, Any]
     or one whose top-level object is not a dict, and :class:`SharedObject` (see module doc).
     """
     path = os.fspath(path)
-    try:
-        f = open(path, "rb", buffering=0)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot open ({e.strerror})") from None
-    with f:
+    with open_pickle(path, buffering=0) as f:
         try:
             yield from _run(f, path)
         except (DataError, SharedObject):
@@ -151,6 +146,17 @@ def _run(f, path: str) -> Iterator[list[tuple[Any, Any]]]:  # noqa: C901 - one o
             if nl >= 0:
                 return nl
             more()
+
+    def payload(width: int) -> bytes:
+        """The bytes of an argument prefixed by its length (1, 2, 4 or 8 bytes, unsigned)."""
+        nonlocal pos
+        n = data[pos] if width == 1 else _SIZES[width].unpack_from(data, pos)[0]
+        pos += width
+        if end - pos < n:
+            fill(n)
+        out = data[pos:pos + n]
+        pos += n
+        return out
 
     def memo_get(i: int) -> Any:
         try:
@@ -212,12 +218,7 @@ def _run(f, path: str) -> Iterator[list[tuple[Any, Any]]]:  # noqa: C901 - one o
             stack.append(data[pos])
             pos += 1
         elif op == 0x8C:                                  # SHORT_BINUNICODE
-            n = data[pos]
-            pos += 1
-            if end - pos < n:
-                fill(n)
-            stack.append(str(data[pos:pos + n], "utf-8", "surrogatepass"))
-            pos += n
+            stack.append(str(payload(1), "utf-8", "surrogatepass"))
         elif op == 0x28:                                  # MARK
             marks.append(len(stack))
         elif op == 0x85:                                  # TUPLE1
@@ -244,19 +245,7 @@ def _run(f, path: str) -> Iterator[list[tuple[Any, Any]]]:  # noqa: C901 - one o
         elif op == 0x88:                                  # NEWTRUE
             stack.append(True)
         elif op in (0x43, 0x42, 0x8E, 0x96):              # SHORT_BINBYTES, BINBYTES(8), BYTEARRAY8
-            if op == 0x43:
-                n = data[pos]
-                pos += 1
-            elif op == 0x42:
-                n = _S_I4.unpack_from(data, pos)[0]
-                pos += 4
-            else:
-                n = _S_Q.unpack_from(data, pos)[0]
-                pos += 8
-            if end - pos < n:
-                fill(n)
-            b = data[pos:pos + n]
-            pos += n
+            b = payload(1 if op == 0x43 else 4 if op == 0x42 else 8)
             stack.append(bytearray(b) if op == 0x96 else b)
         elif op == 0x4A:                                  # BININT
             stack.append(_S_I.unpack_from(data, pos)[0])
@@ -265,12 +254,7 @@ def _run(f, path: str) -> Iterator[list[tuple[Any, Any]]]:  # noqa: C901 - one o
             stack.append(_S_H.unpack_from(data, pos)[0])
             pos += 2
         elif op == 0x8A:                                  # LONG1
-            n = data[pos]
-            pos += 1
-            if end - pos < n:
-                fill(n)
-            stack.append(int.from_bytes(data[pos:pos + n], "little", signed=True))
-            pos += n
+            stack.append(int.from_bytes(payload(1), "little", signed=True))
         elif op == 0x4E:                                  # NONE
             stack.append(None)
         elif op == 0x7D:                                  # EMPTY_DICT
@@ -322,16 +306,7 @@ def _run(f, path: str) -> Iterator[list[tuple[Any, Any]]]:  # noqa: C901 - one o
             stack.append(memo_get(_S_I4.unpack_from(data, pos)[0]))
             pos += 4
         elif op == 0x58 or op == 0x8D:                    # BINUNICODE, BINUNICODE8
-            if op == 0x58:
-                n = _S_I4.unpack_from(data, pos)[0]
-                pos += 4
-            else:
-                n = _S_Q.unpack_from(data, pos)[0]
-                pos += 8
-            if end - pos < n:
-                fill(n)
-            stack.append(str(data[pos:pos + n], "utf-8", "surrogatepass"))
-            pos += n
+            stack.append(str(payload(4 if op == 0x58 else 8), "utf-8", "surrogatepass"))
         elif op == 0x5D:                                  # EMPTY_LIST
             stack.append([])
         elif op == 0x61:                                  # APPEND
@@ -384,28 +359,13 @@ def _run(f, path: str) -> Iterator[list[tuple[Any, Any]]]:  # noqa: C901 - one o
         elif op == 0x47:                                  # BINFLOAT
             stack.append(_S_D.unpack_from(data, pos)[0])
             pos += 8
-        elif op == 0x8B:                                  # LONG4
-            n = _S_I.unpack_from(data, pos)[0]
-            pos += 4
-            if n < 0:
-                raise DataError(f"{path}: corrupt pickle (negative LONG4 size)")
-            if end - pos < n:
-                fill(n)
-            stack.append(int.from_bytes(data[pos:pos + n], "little", signed=True))
-            pos += n
-        elif op in (0x55, 0x54):                          # SHORT_BINSTRING, BINSTRING (py2 str)
-            if op == 0x55:
-                n = data[pos]
-                pos += 1
-            else:
-                n = _S_I.unpack_from(data, pos)[0]
-                pos += 4
-                if n < 0:
-                    raise DataError(f"{path}: corrupt pickle (negative BINSTRING size)")
-            if end - pos < n:
-                fill(n)
-            stack.append(data[pos:pos + n].decode("ascii"))
-            pos += n
+        elif op in (0x8B, 0x54):                          # LONG4, BINSTRING: signed sizes
+            if _S_I.unpack_from(data, pos)[0] < 0:
+                raise DataError(f"{path}: corrupt pickle (negative size)")
+            b = payload(4)
+            stack.append(int.from_bytes(b, "little", signed=True) if op == 0x8B else b.decode("ascii"))
+        elif op == 0x55:                                  # SHORT_BINSTRING (py2 str)
+            stack.append(payload(1).decode("ascii"))
         elif op in (0x49, 0x4C, 0x46, 0x56, 0x53, 0x70, 0x67):  # text opcodes of protocol 0
             nl = line_end()
             line = data[pos:nl]

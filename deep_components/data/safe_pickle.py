@@ -90,19 +90,23 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 "arbitrary code)") from None
 
 
+def open_pickle(path: str, buffering: int = -1):
+    """The file opened for reading, or a :class:`DataError` naming it."""
+    try:
+        return open(path, "rb", buffering=buffering)
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot open ({e.strerror})") from None
+
+
 def safe_load_pickle(path: str | os.PathLike) -> Any:
     """Load a pickle allowing only containers, numpy arrays and RecFlow's defaultdict factories.
 
     Raises :class:`DataError` naming ``path`` for a missing, corrupt, truncated or unsafe file.
     """
     path = os.fspath(path)
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except OSError as e:
-        raise DataError(f"{path}: cannot open ({e.strerror})") from None
-    with f:
+    with open_pickle(path) as f:
         try:
             return _RestrictedUnpickler(f, path).load()
         except DataError:
