@@ -206,3 +206,26 @@ def test_build_models_compact_sizes(tiny_root):
     for m in models:
         assert m.emb.tables["video_id"].weight.shape == (5, 8)
         assert m.emb.tables["category_level_one"].weight.shape[0] == read_id_counts(tiny_root)["category_level_one"] + 2
+
+
+def test_resume_and_retest_use_the_saved_vocabulary(tiny_root, tmp_path):
+    """With the vocabulary cache gone, --resume takes the checkpoint's vocabulary and run_test
+    the towers': both work, and resuming still equals the uninterrupted run."""
+    import shutil
+
+    cache = tmp_path / "cache"
+    full = _cfg(tiny_root, tmp_path / "full", "two_stage", "lcron", cache_dir=str(cache), ckpt_every=4)
+    train(full)
+    part = _cfg(tiny_root, tmp_path / "part", "two_stage", "lcron", cache_dir=str(cache), ckpt_every=4,
+                max_steps=10)
+    train(part)
+    shutil.rmtree(cache / "two_stage" / "vocab")
+    train(RunConfig(**{**part.to_dict(), "resume": True, "max_steps": None}))
+    assert not (cache / "two_stage" / "vocab").exists()          # not rebuilt: the checkpoint's
+    a = torch.load(full.resolved_run_dir() / "towers.pt", weights_only=True)
+    b = torch.load(part.resolved_run_dir() / "towers.pt", weights_only=True)
+    for x, y in zip(a["models"], b["models"]):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    assert all(torch.equal(a["vocab"][f], b["vocab"][f]) for f in COMPACT_FIELDS)
+    assert evaluate_run(part)["joint_recall"] == evaluate_run(full)["joint_recall"]
+    assert not (cache / "two_stage" / "vocab").exists()
