@@ -26,7 +26,8 @@ from deep_components.cascade import get_spec  # noqa: E402
 from deep_components.data import batch_indices, default_split, list_days, load_day, read_id_counts  # noqa: E402
 from deep_components.loss import build_loss  # noqa: E402
 from deep_components.runtime import resolve_device  # noqa: E402
-from deep_components.train import batch_to_device, build_models, forward_all  # noqa: E402
+from deep_components.data.vocab import build_vocabulary  # noqa: E402
+from deep_components.train import batch_to_device, build_models, build_optimizers, forward_all  # noqa: E402
 
 
 def tower_flops(tower: str, N: int, H: float) -> float:
@@ -48,12 +49,12 @@ def bench(data_dir: str, setting: str, method: str, steps: int, warmup: int, bat
     days = list_days(data_dir)
     train_days, _ = default_split(days)
     day = load_day(data_dir, train_days[0], spec).in_memory()
+    vocab = build_vocabulary([day])                 # compact tables, as training builds them
+    day = vocab.apply(day, in_place=True)
     torch.manual_seed(0)
-    models = [m.to(device) for m in build_models(spec, read_id_counts(data_dir))]
+    models = [m.to(device) for m in build_models(spec, read_id_counts(data_dir), vocab=vocab)]
     loss_fn = build_loss(method, spec).to(device)
-    opts = [torch.optim.Adam(m.parameters(), lr=0.01) for m in models]
-    if any(True for _ in loss_fn.parameters()):
-        opts.append(torch.optim.Adam(loss_fn.parameters(), lr=0.01))
+    opts = build_optimizers(models, loss_fn, 0.01)
     idx_list = batch_indices(day.num_requests, batch, seed=0)
     arrays = day.arrays()
 
