@@ -2,14 +2,13 @@
 
 A checkpoint holds every tower, every optimiser, the loss module (learnable weights), the RNG
 states of Python, NumPy and torch, and the position (day index, next batch index, step).  It is
-written to ``<file>.tmp`` then renamed over the last one, so a crash mid-write never corrupts
+written to a temporary file unique to the process, then renamed over the last one, so a crash mid-write never corrupts
 the last good checkpoint, and loaded with ``torch.load(weights_only=True)`` (plain tensors and
 containers only; no code runs).  Resuming refuses a checkpoint whose method, setting or model
 shape differs from the run's, saying what differs.
 """
 from __future__ import annotations
 
-import os
 import random
 import time
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .runtime import UsageError
+from .runtime import UsageError, atomic_write, torch_load_error
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
@@ -58,12 +57,7 @@ def save_checkpoint(path: Path, trainer, meta: dict, position: dict) -> float:
            "optimizers": [o.state_dict() for o in trainer.optimizers]}
     if trainer.vocab is not None:      # the rows' meaning travels with the rows
         obj["vocab"] = trainer.vocab.state()
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: torch.save(obj, f), "the checkpoint")
     return time.perf_counter() - t0
 
 
@@ -73,8 +67,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # truncated, corrupt, or holding something other than tensors/containers
-        raise UsageError(f"{path}: cannot load checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200]})") from None
+        raise torch_load_error(path, e, "the checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UsageError(f"{path}: not a checkpoint of this version (format {FORMAT})")
     return ckpt

@@ -1,17 +1,17 @@
 """Shared ``main`` of run_train2/3 and run_test2/3: flags, friendly errors, exit codes."""
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 
 from .config import add_common_flags, config_from_args
 from .data.errors import DataError
+from .parsing import OneLineParser
 from .runtime import TrainingError, UsageError
 
 
 def main(setting: str, action: str, argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(
+    ap = OneLineParser(
         prog=f"run_{action}{2 if setting == 'two_stage' else 3}.py",
         description=f"{'Train' if action == 'train' else 'Evaluate'} a {setting.replace('_', '-')} cascade.")
     add_common_flags(ap)
@@ -20,7 +20,7 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
     from .distributed import context, init_distributed, shutdown
 
     try:
-        cfg = config_from_args(a, setting)
+        cfg = config_from_args(a, setting, for_test=action == "test")
         _, cfg.device = init_distributed(cfg.device)
         if not context().is_main:
             logging.getLogger().setLevel(logging.ERROR)
@@ -43,6 +43,9 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
     except TrainingError as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
+    except OSError as e:              # a file that could not be read or written, named
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
     finally:
         shutdown()
     return 0

@@ -7,7 +7,6 @@ over runs (sample std, ddof = 1) and the number of runs; written as Markdown and
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -15,6 +14,8 @@ import numpy as np
 import pandas as pd
 
 from .cascade import SPECS, get_spec
+from .parsing import OneLineParser
+from .runtime import UsageError, read_json
 
 #: The paper's row order; other (new) methods follow alphabetically.
 PAPER_ORDER = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron")
@@ -22,12 +23,30 @@ DISPLAY = {"bce": "BCE", "icc": "ICC", "rankflow": "RankFlow", "fs_ranknet": "FS
            "fs_lambdaloss": "FS-LambdaLoss", "arf": "ARF", "arf_v2": "ARF-v2", "lcron": "LCRON"}
 
 
+#: what a metrics.json must hold to be collected
+METRIC_KEYS = ("method", "joint_recall", "stages")
+
+
 def load_metrics(runs_root: Path, setting: str, methods: list[str] | None = None) -> list[dict]:
+    """Every run folder's metrics.json under ``runs_root/setting``.
+
+    A metrics.json that is not this program's (corrupt, missing keys) is an error naming it;
+    one whose run key differs from its folder's config.json (results of an earlier training
+    left behind by a failed retrain) is skipped with a warning: it no longer describes the run."""
     out = []
     for p in sorted((Path(runs_root) / setting).glob("*/*/metrics.json")):
-        with open(p) as f:
-            m = json.load(f)
+        m = read_json(p)
+        missing = [k for k in METRIC_KEYS if not isinstance(m, dict) or k not in m]
+        if missing:
+            raise UsageError(f"{p}: not a metrics.json of this program (missing {missing}); "
+                             "remove it or its folder")
         if methods and m["method"] not in methods:
+            continue
+        cfg = p.parent / "config.json"
+        key = read_json(cfg).get("run_key") if cfg.is_file() else None
+        if not cfg.is_file() or m.get("run_key") != key:
+            print(f"warning: {p}: skipped, it does not belong to the training in {cfg} "
+                  "(re-run run_test on the folder)", file=sys.stderr)
             continue
         m["_path"] = str(p.parent)
         out.append(m)
@@ -120,8 +139,8 @@ def collect(runs_root: str | Path, setting: str, methods: list[str] | None = Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m deep_components.collect", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(prog="python -m deep_components.collect", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--runs_root", default="runs")
     ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))
     ap.add_argument("--methods", nargs="*", default=None)
@@ -130,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         _, md = collect(a.runs_root, a.setting, a.methods, a.out_dir, a.plot)
-    except (FileNotFoundError, ValueError) as e:
+    except (FileNotFoundError, ValueError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(md)

@@ -49,6 +49,8 @@ class RunConfig:
     skip_nonfinite: bool = False
     vocab: str = "compact"
     emb_optimizer: str = "adam"
+    overwrite: bool = False
+    allow_train_day: bool = False
 
     def resolved_seed(self) -> int:
         return self.run_id if self.seed is None else self.seed
@@ -130,30 +132,40 @@ def add_common_flags(ap: argparse.ArgumentParser) -> None:
     r.add_argument("--ckpt_every", type=int, default=200,
                    help="save the full training state every N steps (and at every day's end); 0 = days only")
     r.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
+    r.add_argument("--overwrite", action="store_true",
+                   help="train into a run folder that already holds a run, deleting its results first")
+    r.add_argument("--allow_train_day", action="store_true",
+                   help="run_test: allow --test_day to be one of the run's training days")
     r.add_argument("--skip_nonfinite", action="store_true",
                    help="skip batches whose loss or gradient is NaN/inf (counted) instead of stopping")
 
 
-def config_from_args(a: argparse.Namespace, setting: str) -> RunConfig:
+def config_from_args(a: argparse.Namespace, setting: str, for_test: bool = False) -> RunConfig:
     opts = {}
     for item in a.loss_opt:
         if "=" not in item:
-            raise SystemExit(f"error: --loss_opt expects NAME=VALUE, got {item!r}")
+            from .runtime import UsageError
+
+            raise UsageError(f"--loss_opt expects NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         opts[k.strip()] = _parse_value(v.strip())
     device = a.device
     if a.cuda is not None and device in ("auto", "cuda"):
         device = f"cuda:{a.cuda}" if device == "cuda" else f"auto:{a.cuda}"
-    data_dir = a.data_dir or a.root_path or os.environ.get("DATA_DIR") or str(REPO_ROOT / "data")
+    data_dir = a.data_dir or a.root_path
+    if data_dir is None and not for_test:     # run_test defaults to the run's own data folder
+        data_dir = os.environ.get("DATA_DIR") or str(REPO_ROOT / "data")
     return RunConfig(
         setting=setting, loss_type=a.loss_type, run_id=a.run_id, tau=a.tau,
         batch_size=a.batch_size, eval_batch_size=a.eval_batch_size, emb_dim=a.emb_dim, lr=a.lr,
-        seq_len=a.seq_len, seed=a.seed, device=device, data_dir=str(data_dir),
+        seq_len=a.seq_len, seed=a.seed, device=device,
+        data_dir=str(data_dir) if data_dir is not None else None,
         cache_dir=a.cache_dir, train_days=a.train_days, test_day=a.test_day, run_dir=a.run_dir,
         runs_root=a.runs_root, sort=a.sort, mask_mode=a.mask_mode, loss_options=opts, tz=a.tz,
         print_freq=a.print_freq, tag=a.tag, max_steps=a.max_steps, progress=not a.no_progress,
         threads=a.threads, ckpt_every=a.ckpt_every, resume=a.resume,
-        skip_nonfinite=a.skip_nonfinite, vocab=a.vocab, emb_optimizer=a.emb_optimizer)
+        skip_nonfinite=a.skip_nonfinite, vocab=a.vocab, emb_optimizer=a.emb_optimizer,
+        overwrite=a.overwrite, allow_train_day=a.allow_train_day)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -192,6 +204,7 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.print_freq >= 0, f"--print_freq must be >= 0, got {cfg.print_freq}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
     need(cfg.mask_mode in ("true", "reference"), "--mask_mode must be true or reference")
+    check_tz(cfg.tz)
     need(cfg.vocab in ("compact", "full"), f"--vocab must be compact or full, got {cfg.vocab!r}")
     need(cfg.emb_optimizer in ("adam", "lazy_adam"),
          f"--emb_optimizer must be adam or lazy_adam, got {cfg.emb_optimizer!r}")
@@ -212,6 +225,32 @@ def validate(cfg: RunConfig) -> None:
         build_loss(cfg.loss_type, spec, mask_mode=cfg.mask_mode, **kw)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
+    resolve_device(cfg.device)
+
+
+def check_tz(tz: str) -> None:
+    """A known IANA time zone, or a UsageError naming --tz."""
+    import zoneinfo
+
+    from .runtime import UsageError
+
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise UsageError(f"--tz {tz!r}: unknown time zone (an IANA name such as Asia/Shanghai "
+                         "or UTC)") from None
+
+
+def validate_eval(cfg: RunConfig, train_days: list[str]) -> None:
+    """The flags run_test uses, checked like training's; a training day as the test day needs
+    --allow_train_day."""
+    from .runtime import UsageError, resolve_device
+
+    if cfg.eval_batch_size < 1:
+        raise UsageError(f"--infer_recall_batch_size must be >= 1, got {cfg.eval_batch_size}")
+    if cfg.test_day and cfg.test_day in train_days and not cfg.allow_train_day:
+        raise UsageError(f"--test_day {cfg.test_day} is one of the run's training days; pass "
+                         "--allow_train_day to evaluate on it anyway")
     resolve_device(cfg.device)
 
 

@@ -94,13 +94,105 @@ def environment(device: torch.device) -> dict[str, Any]:
     return env
 
 
+def atomic_write(path: Path, write, what: str = "a result") -> None:
+    """``write(f)`` into a temporary file unique to this process, fsync, rename over ``path``.
+
+    A failure (full disk, file-size limit, I/O error) removes the temporary file, leaves the
+    previous ``path`` as it was, and raises one UsageError naming the file and the reason."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        reason = (getattr(e, "strerror", None) or str(e).splitlines()[0][:200] or type(e).__name__)
+        raise UsageError(f"{path}: cannot write {what} ({reason}); the previous file, if any, is "
+                         "unchanged") from None
+
+
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, default=str)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: f.write(json.dumps(obj, indent=1, default=str).encode()),
+                 "a JSON file")
 
 
 def read_json(path: Path) -> Any:
-    with open(path) as f:
-        return json.load(f)
+    """A JSON file, or a UsageError naming it (missing, unreadable or corrupt)."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UsageError(f"{path}: file not found") from None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{path}: unreadable or corrupt JSON ({e})") from None
+
+
+def torch_load_error(path: Path, e: Exception, what: str) -> UsageError:
+    """One line for a file ``torch.load(weights_only=True)`` refused or could not read.
+
+    torch's own message suggests reloading with weights_only=False, which would run whatever
+    the file names: never repeat that; say what was refused instead."""
+    import re
+
+    text = str(e)
+    m = re.search(r"(?:unsupported|Unsupported global:?) (?:GLOBAL )?([\w.]+)", text)
+    if m is not None and "." in m.group(1):
+        return UsageError(f"{path}: refused to load {what}: it names {m.group(1).rstrip('.')}, "
+                          "which is not a tensor or a plain container; it is not a file this "
+                          "program wrote, and loading it any other way could run code")
+    if "Weights only load failed" in text:
+        u = re.search(r"(Unsupported [^\n]*)", text)
+        return UsageError(f"{path}: cannot load {what}: its content is not tensors and plain "
+                          f"containers{f' ({u.group(1).strip()})' if u else ''}; corrupt, or not "
+                          "a file this program wrote")
+    first = text.splitlines()[0][:200] if text else ""
+    return UsageError(f"{path}: cannot load {what} ({type(e).__name__}: {first}); truncated or "
+                      "corrupt?")
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the whole run (``<run>/.lock``, flock).
+
+    A second process that wants the same folder gets one UsageError naming the holder's pid;
+    the lock goes with the process, so a killed run never leaves the folder locked."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / ".lock"
+        self.f = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            f.close()
+            raise UsageError(f"{self.path.parent}: in use by another process (pid {holder}); "
+                             "wait for it to finish or use another --run_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self.f = f
+        return self
+
+    def release(self) -> None:
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *_) -> None:
+        self.release()

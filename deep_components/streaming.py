@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .parsing import OneLineParser
 from .cascade import SPECS, get_spec
 from .collect import DISPLAY, PAPER_ORDER
 from .config import RunConfig
@@ -91,7 +92,7 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     from .config import add_common_flags, config_from_args
 
-    ap = argparse.ArgumentParser(prog="python -m deep_components.streaming", description=__doc__,
+    ap = OneLineParser(prog="python -m deep_components.streaming", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(ap)
     ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))

@@ -29,8 +29,9 @@ from .distributed import context
 from .lazy_adam import LazyAdam
 from .loss import build_loss
 from .models import build_tower
-from .runtime import (TrainingError, UsageError, ensure_writable, environment, resolve_device,
-                      seed_everything, write_json)
+from .runtime import (RunLock, TrainingError, UsageError, atomic_write, ensure_writable,
+                      environment, read_json, resolve_device, seed_everything, torch_load_error,
+                      write_json)
 
 log = logging.getLogger("deep_components.train")
 
@@ -270,10 +271,30 @@ def _truncate_log(path: Path, step: int) -> None:
         f.writelines(keep)
 
 
+#: what a training writes into its run folder (removed first by --overwrite)
+RESULT_FILES = ("config.json", "env.json", "loss_log.jsonl", "checkpoint.pt", CHECKPOINT,
+                "train_summary.json", "metrics.json")
+
+
+def _check_steps(cfg: RunConfig, spec: CascadeSpec, root: Path, train_days: list[str]) -> None:
+    """Refuse a run in which no training step would happen (every day smaller than a batch)."""
+    sizes = [load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir,
+                      history_len=cfg.seq_len).num_requests for d in train_days]
+    if sum(n // cfg.batch_size for n in sizes) == 0:
+        raise UsageError(f"--batch_size {cfg.batch_size} is larger than every training day of "
+                         f"{root} ({min(sizes):,}..{max(sizes):,} requests a day): no training "
+                         "step would run; lower --batch_size")
+
+
 def train(cfg: RunConfig) -> Path:
-    """Train one run; returns its run folder (config, env, loss log, checkpoint, towers, summary)."""
-    from .checkpoint import (CHECKPOINT_FILE, check_compatible, load_checkpoint, restore,
-                             save_checkpoint)
+    """Train one run; returns its run folder (config, env, loss log, checkpoint, towers, summary).
+
+    Everything that can be checked is checked before the run folder is touched (flags, time
+    zone, the cache location, a checkpoint for --resume, existing results) or before its first
+    result is written (every day converted, the number of steps); the folder is locked for the
+    whole run, and a folder this call created is removed again if the run fails before training
+    starts."""
+    from .checkpoint import CHECKPOINT_FILE, check_compatible, load_checkpoint, restore
     from .config import validate
     from .data.cache import default_cache_dir
 
@@ -289,35 +310,70 @@ def train(cfg: RunConfig) -> Path:
     id_counts = read_id_counts(root)
     seed = cfg.resolved_seed()
     run_dir = cfg.resolved_run_dir()
+    ckpt_path = run_dir / CHECKPOINT_FILE
+    if cfg.resume and not ckpt_path.is_file():
+        raise UsageError(f"{ckpt_path}: no checkpoint to resume from (train without --resume first)")
+    existing = [f for f in RESULT_FILES if (run_dir / f).exists()]
+    if not cfg.resume and existing and not cfg.overwrite:
+        raise UsageError(f"{run_dir}: already holds a run ({', '.join(existing)}); continue it with "
+                         "--resume, or replace it with --overwrite")
+    created = not run_dir.exists()
+    lock = None
     if ctx.is_main:
-        ensure_writable(run_dir, "the run folder")
         ensure_writable(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root),
                         "the data cache")
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    ckpt = load_checkpoint(ckpt_path, device) if cfg.resume else None
-    saved_vocab = None
-    if ckpt is not None and cfg.vocab == "compact" and "vocab" in ckpt:
-        try:
-            saved_vocab = Vocabulary.from_state(ckpt["vocab"])
-        except (KeyError, ValueError, TypeError) as e:
-            raise UsageError(f"{ckpt_path}: the checkpoint's vocabulary is unreadable ({e})") from None
-    # the vocabulary covers every day of the run (training days and the test day): a test-day id
-    # absent from training keeps its initial vector, exactly as in a full-size table
-    vocab = prepare_data(cfg, spec, root, [d for d in train_days + [test_day] if d], saved_vocab)
-    trainer = Trainer(cfg, spec, root, id_counts, device, seed, vocab)
-    param_bytes = sum(p.numel() * p.element_size() for p in trainer.params)
-    if ctx.is_main:
-        ensure_writable(run_dir, "a checkpoint", need_bytes=4 * param_bytes)  # params + Adam + towers
-        if vocab is not None:
-            log.info("compact vocabulary: %s rows (id_cnt: %s)", vocab.sizes(),
-                     {f: id_counts[f] for f in vocab.ids})
+        ensure_writable(run_dir, "the run folder")
+        lock = RunLock(run_dir).acquire()
+    started = False
+    try:
+        ckpt = load_checkpoint(ckpt_path, device) if cfg.resume else None
+        saved_vocab = None
+        if ckpt is not None and cfg.vocab == "compact" and "vocab" in ckpt:
+            try:
+                saved_vocab = Vocabulary.from_state(ckpt["vocab"])
+            except (KeyError, ValueError, TypeError) as e:
+                raise UsageError(f"{ckpt_path}: the checkpoint's vocabulary is unreadable ({e})") from None
+        # every day of the run is converted (and so checked) before the first step; the
+        # vocabulary covers them all (training days and the test day): a test-day id absent
+        # from training keeps its initial vector, exactly as in a full-size table
+        vocab = prepare_data(cfg, spec, root, [d for d in train_days + [test_day] if d], saved_vocab)
+        _check_steps(cfg, spec, root, train_days)
+        trainer = Trainer(cfg, spec, root, id_counts, device, seed, vocab)
+        param_bytes = sum(p.numel() * p.element_size() for p in trainer.params)
+        if ctx.is_main:
+            ensure_writable(run_dir, "a checkpoint", need_bytes=4 * param_bytes)  # params + Adam + towers
+            if vocab is not None:
+                log.info("compact vocabulary: %s rows (id_cnt: %s)", vocab.sizes(),
+                         {f: id_counts[f] for f in vocab.ids})
+        meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed, vocab)
+        if ckpt is not None:
+            check_compatible(ckpt["meta"], meta, ckpt_path)
+            restore(trainer, ckpt, ckpt_path)
+        started = True
+        return _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, test_day,
+                             id_counts, seed, device, vocab, existing)
+    except BaseException:
+        if created and not started and ctx.is_main:
+            import shutil
 
-    meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed, vocab)
+            if lock is not None:
+                lock.release()
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, test_day, id_counts,
+                  seed, device, vocab, existing) -> Path:
+    from .checkpoint import CHECKPOINT_FILE, save_checkpoint
+
+    ctx = context()
+    ckpt_path = run_dir / CHECKPOINT_FILE
     log_path = run_dir / "loss_log.jsonl"
     start_day, start_batch = 0, 0
     if ckpt is not None:
-        check_compatible(ckpt["meta"], meta, ckpt_path)
-        restore(trainer, ckpt, ckpt_path)
         pos = ckpt["position"]
         start_day, start_batch = pos["day_index"], pos["batch_index"]
         trainer.step, trainer.requests, trainer.skipped = pos["step"], pos["requests"], pos["skipped"]
@@ -327,12 +383,18 @@ def train(cfg: RunConfig) -> Path:
         log.warning("resuming %s from step %d (day %d, batch %d)", run_dir, pos["step"],
                     start_day, start_batch)
     elif ctx.is_main:
+        for f in existing:                     # --overwrite: the old results go before anything
+            (run_dir / f).unlink(missing_ok=True)
+        import uuid
+
         resolved = cfg.to_dict() | {"train_days": train_days, "test_day": test_day, "seed": seed,
                                     "synthetic": synthetic_info(root), "id_counts": id_counts,
                                     "vocab_sizes": vocab.sizes() if vocab is not None else None,
-                                    "loss_repr": repr(trainer.loss_fn), "world_size": ctx.world}
+                                    "loss_repr": repr(trainer.loss_fn), "world_size": ctx.world,
+                                    "run_key": uuid.uuid4().hex}
         write_json(run_dir / "config.json", resolved)
         write_json(run_dir / "env.json", environment(device) | {"world_size": ctx.world})
+    run_key = read_json(run_dir / "config.json").get("run_key") if ctx.is_main else None
     ckpt_times: list[float] = []
 
     def checkpoint(day_index: int, next_batch: int) -> None:
@@ -345,13 +407,22 @@ def train(cfg: RunConfig) -> Path:
     trainer.on_checkpoint = checkpoint
     t_start = time.perf_counter()
     requests_before = trainer.requests
-    with (open(log_path, "a" if cfg.resume else "w") if ctx.is_main else nullcontext()) as log_file:
+    try:
+        log_file = open(log_path, "a" if cfg.resume else "w") if ctx.is_main else nullcontext()
+    except OSError as e:
+        raise UsageError(f"{log_path}: cannot write the loss log ({e.strerror or e})") from None
+    with log_file:
         for di, date in enumerate(train_days):
             if di < start_day:
                 continue
-            done = trainer.train_day(date, di, log_file, start_batch if di == start_day else 0)
-            if log_file is not None:
-                log_file.flush()
+            try:
+                done = trainer.train_day(date, di, log_file if ctx.is_main else None,
+                                         start_batch if di == start_day else 0)
+                if ctx.is_main:
+                    log_file.flush()
+            except OSError as e:
+                raise UsageError(f"{e.filename or log_path}: cannot write ({e.strerror or e}); the "
+                                 f"last good checkpoint is {trainer.last_checkpoint}") from None
             if not done:
                 break
             checkpoint(di + 1, 0)                                    # day boundary
@@ -359,10 +430,10 @@ def train(cfg: RunConfig) -> Path:
     ctx.barrier()
     if not ctx.is_main:
         return run_dir
-    save_towers(run_dir, trainer.models, trainer.loss_fn, spec, id_counts, cfg, vocab)
+    save_towers(run_dir, trainer.models, trainer.loss_fn, spec, id_counts, cfg, vocab, run_key)
     done_requests = trainer.requests - requests_before
     write_json(run_dir / "train_summary.json", {
-        "world_size": ctx.world,
+        "world_size": ctx.world, "run_key": run_key,
         "steps": trainer.step, "requests": trainer.requests, "seconds": round(seconds, 3),
         "requests_per_s": round(done_requests / seconds, 1) if seconds > 0 else None,
         "skipped_nonfinite": trainer.skipped, "checkpoints": len(ckpt_times),
@@ -372,17 +443,16 @@ def train(cfg: RunConfig) -> Path:
 
 
 def save_towers(run_dir: Path, models: list[nn.Module], loss_fn: nn.Module, spec: CascadeSpec,
-                id_counts: dict[str, int], cfg: RunConfig, vocab: Vocabulary | None = None) -> None:
+                id_counts: dict[str, int], cfg: RunConfig, vocab: Vocabulary | None = None,
+                run_key: str | None = None) -> None:
     """``towers.pt``: weights, loss weights, and what rebuilds the towers (incl. the vocabulary)."""
     state = {"models": [m.state_dict() for m in models], "loss": loss_fn.state_dict(),
              "meta": {"setting": spec.name, "loss_type": cfg.loss_type, "emb_dim": cfg.emb_dim,
                       "towers": list(spec.towers), "id_counts": dict(id_counts),
-                      "vocab": "compact" if vocab is not None else "full"}}
+                      "vocab": "compact" if vocab is not None else "full", "run_key": run_key}}
     if vocab is not None:
         state["vocab"] = vocab.state()
-    tmp = run_dir / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(run_dir / CHECKPOINT)
+    atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(state, f), "the trained towers")
 
 
 def load_towers(run_dir: Path, device: torch.device
@@ -400,6 +470,5 @@ def load_towers(run_dir: Path, device: torch.device
         for m, sd in zip(models, state["models"], strict=True):
             m.load_state_dict(sd)
     except Exception as e:  # truncated/corrupt file, foreign content, mismatched shapes
-        raise UsageError(f"{path}: cannot load the trained towers ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0][:200] if str(e) else ''})") from None
+        raise torch_load_error(path, e, "the trained towers") from None
     return [m.to(device) for m in models], meta, vocab

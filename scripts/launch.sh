@@ -26,7 +26,7 @@ else
 fi
 for ID in $RUN_IDS; do
   "${RUN[@]}" deep_components/run_train$N.py --loss_type "$METHOD" --epochs "$ID" --tau "$TAU" \
-      --data_dir "$DATA_DIR" --runs_root "$RUNS_ROOT" --device "$DEVICE" "$@"
+      --data_dir "$DATA_DIR" --runs_root "$RUNS_ROOT" --device "$DEVICE" --overwrite "$@"
   "${RUN[@]}" deep_components/run_test$N.py --loss_type "$METHOD" --epochs "$ID" \
       --data_dir "$DATA_DIR" --runs_root "$RUNS_ROOT" --device "$DEVICE"
 done

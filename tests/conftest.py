@@ -22,3 +22,14 @@ def tiny_copy(tiny_root, tmp_path):
     dst = tmp_path / "data"
     shutil.copytree(tiny_root, dst, ignore=shutil.ignore_patterns(".lcron_cache"))
     return dst
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A run with --threads changes torch's global thread count; give the next test the default
+    back (some methods' results depend on the summation order that the thread count sets)."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

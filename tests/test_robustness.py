@@ -101,9 +101,11 @@ def test_crash_during_checkpoint_write_keeps_last_good(tiny_root, tmp_path, monk
         raise OSError(errno.EIO, "simulated crash while writing")
 
     monkeypatch.setattr(ck.torch, "save", dying_save)
-    with pytest.raises(OSError):
+    with pytest.raises(UsageError, match=r"checkpoint.pt: cannot write the checkpoint "
+                                         r"\(simulated crash while writing\)"):
         train(_cfg(tiny_root, tmp_path, resume=True, max_steps=8))
     assert path.read_bytes() == before                          # the last good one is intact
+    assert not list(path.parent.glob("*.tmp"))                  # and no temporary file is left
     assert load_checkpoint(path, torch.device("cpu"))["position"]["step"] == 4
 
 
@@ -129,11 +131,12 @@ def test_checkpoint_loading_runs_no_code(tiny_root, tmp_path):
     path = tmp_path / "run" / CHECKPOINT_FILE
     with open(path, "wb") as f:
         pickle.dump({"format": 1, "evil": _Evil()}, f)
-    with pytest.raises(UsageError, match=r"checkpoint.pt: cannot load checkpoint"):
+    with pytest.raises(UsageError, match=r"checkpoint.pt: cannot load the checkpoint: its "
+                                         r"content is not tensors and plain containers"):
         train(_cfg(tiny_root, tmp_path, resume=True))
     assert not Path("/tmp/lcron-pwned-by-checkpoint").exists()
     path.write_bytes(b"PK\x03\x04 truncated")
-    with pytest.raises(UsageError, match="cannot load checkpoint"):
+    with pytest.raises(UsageError, match="cannot load the checkpoint"):
         train(_cfg(tiny_root, tmp_path, resume=True))
 
 
@@ -232,7 +235,7 @@ def test_unwritable_run_folder_and_cache(tiny_root, tmp_path, monkeypatch):
         return real_open(path, mode, *a, **k)
 
     monkeypatch.setattr("builtins.open", read_only)
-    with pytest.raises(UsageError, match="cannot write the run folder here .Read-only file system."):
+    with pytest.raises(UsageError, match="cannot write the (run folder|data cache) here .Read-only file system."):
         train(_cfg(tiny_root, tmp_path, run_dir=str(tmp_path / "ro")))
     monkeypatch.setattr("builtins.open", real_open)
     monkeypatch.setattr("shutil.disk_usage", lambda p: type("Usage", (), {"free": 1024})())

@@ -10,6 +10,7 @@ import argparse
 import sys
 import time
 
+from ..parsing import OneLineParser
 from ..cascade import SPECS, get_spec
 from . import layout
 from .cache import load_day
@@ -18,7 +19,7 @@ from .timefeat import DEFAULT_TZ
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m deep_components.data", description=__doc__,
+    ap = OneLineParser(prog="python -m deep_components.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="RecFlow-layout folder")
     ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))

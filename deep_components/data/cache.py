@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -107,12 +108,40 @@ def _read_entry(entry: Path, date: str, spec: CascadeSpec) -> DayData | None:
     return DayData(date=date, spec_name=spec.name, stats=meta.get("stats", {}), **arrays)
 
 
+def tmp_prefix() -> str:
+    """Temporary entries are named after their writer (host, pid) so stale ones can be told."""
+    return f".tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def clean_stale_tmp(folder: Path, max_age_s: float = 86_400) -> None:
+    """Remove temporary entries left by killed writers: this host's whose process is gone, and
+    anyone's older than a day (another machine sharing the cache may still be writing)."""
+    host = socket.gethostname()
+    for p in folder.glob(".tmp-*"):
+        parts = p.name.split("-")
+        dead = False
+        if len(parts) >= 4 and "-".join(parts[1:-2]) == host:
+            try:
+                os.kill(int(parts[-2]), 0)
+            except ProcessLookupError:
+                dead = True
+            except (ValueError, PermissionError):
+                pass
+        try:
+            old = time.time() - p.stat().st_mtime > max_age_s
+        except OSError:
+            continue
+        if dead or old:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def _write_entry(day_dir: Path, key: str, day: DayData) -> None:
     try:
         day_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=day_dir))
+        clean_stale_tmp(day_dir)
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(), dir=day_dir))
     except OSError as e:
-        raise DataError(f"{day_dir}: cannot create the data cache here ({e.strerror}); set "
+        raise DataError(f"{day_dir}: cannot create the data cache here ({e.strerror or e}); set "
                         "LCRON_CACHE_DIR or --cache_dir to a writable folder") from None
     try:
         for k, v in day.arrays().items():
@@ -127,7 +156,7 @@ def _write_entry(day_dir: Path, key: str, day: DayData) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{day_dir}: cannot write the data cache ({e.strerror}); set "
+        raise DataError(f"{day_dir}: cannot write the data cache ({e.strerror or e}); set "
                         "LCRON_CACHE_DIR or --cache_dir to a writable folder") from None
     for stale in day_dir.iterdir():  # entries of older sources/settings
         if stale.name != key and not stale.name.startswith(".tmp-"):

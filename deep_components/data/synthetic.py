@@ -30,7 +30,6 @@ and parameters.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import datetime as dt
 import json
@@ -44,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from ..parsing import OneLineParser
 from . import layout
 from .pickle_writer import DictPickleWriter
 from .timefeat import DEFAULT_TZ, utc_offset_seconds
@@ -707,7 +707,7 @@ def describe(summary: dict, out: str | os.PathLike) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m deep_components.data.synthetic",
+    ap = OneLineParser(prog="python -m deep_components.data.synthetic",
                                  description="Write a synthetic dataset in the RecFlow layout.")
     ap.add_argument("--out", required=True, help="output folder (created)")
     ap.add_argument("--preset", default="tiny", choices=sorted(PRESETS))

@@ -164,7 +164,8 @@ def build_vocabulary(days) -> Vocabulary:
 def load_vocabulary(root: str | os.PathLike, dates: list[str], spec, tz: str, *,
                     cache_dir: str | os.PathLike | None = None, history_len: int = 50) -> Vocabulary:
     """The vocabulary of ``dates`` (built from their day caches on first use, then cached)."""
-    from .cache import MISSING_POSITIVE_INDEX, cache_key, default_cache_dir, load_day
+    from .cache import (MISSING_POSITIVE_INDEX, cache_key, clean_stale_tmp, default_cache_dir,
+                        load_day, tmp_prefix)
     from . import layout
 
     root = layout.check_root(root)
@@ -183,7 +184,8 @@ def load_vocabulary(root: str | os.PathLike, dates: list[str], spec, tz: str, *,
                              for d in sorted(set(dates)))
     try:
         vdir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=vdir))
+        clean_stale_tmp(vdir)
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(), dir=vdir))
         for f, v in vocab.ids.items():
             np.save(tmp / f"{f}.npy", v)
         with open(tmp / "meta.json", "w") as fh:
@@ -193,7 +195,7 @@ def load_vocabulary(root: str | os.PathLike, dates: list[str], spec, tz: str, *,
         except OSError:                       # another process wrote it first
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
-        raise DataError(f"{vdir}: cannot write the vocabulary cache ({e.strerror}); set "
+        raise DataError(f"{vdir}: cannot write the vocabulary cache ({e.strerror or e}); set "
                         "LCRON_CACHE_DIR or --cache_dir to a writable folder") from None
     log.info("vocabulary of %d days: %s", len(set(dates)), vocab.sizes())
     return vocab
