@@ -93,11 +93,20 @@ def test_lazy_adam_sparse_gradients_under_gloo(tiny_root, tmp_path):
     """Sparse embedding gradients are all-reduced by gloo: 2 processes match 1 process."""
     one = _train(tiny_root, tmp_path / "one", 1, "--max_steps", "2", "--emb_optimizer", "lazy_adam")
     two = _train(tiny_root, tmp_path / "two", 2, "--max_steps", "2", "--emb_optimizer", "lazy_adam")
+    # The order in which gloo sums the ranks' sparse rows is not fixed, so a gradient whose exact
+    # value is ~0 can differ in its last bits between runs, and Adam turns that into a step of up
+    # to ±lr (the NO_GRADIENT effect, here on a few embedding entries).  Everything else agrees.
     moved = 0
     for a, b in zip(_params(one), _params(two)):
         for k in a:
             if k not in NO_GRADIENT:
-                assert torch.allclose(a[k], b[k], rtol=0, atol=2e-5), (k, (a[k] - b[k]).abs().max())
+                d = (a[k] - b[k]).abs()
+                assert d.max() <= 2 * 0.01 + 1e-6, (k, d.max())           # within two lr steps
+                assert (d > 2e-5).float().mean() <= 2e-3, (k, int((d > 2e-5).sum()), d.numel())
+    log1 = [json.loads(x) for x in (one / "loss_log.jsonl").read_text().splitlines()]
+    log2 = [json.loads(x) for x in (two / "loss_log.jsonl").read_text().splitlines()]
+    for r1, r2 in zip(log1, log2):
+        assert r2["loss"] == pytest.approx(r1["loss"], rel=1e-5)
     init = _train(tiny_root, tmp_path / "init", 1, "--max_steps", "1", "--lr", "1e-30")
     for a, b in zip(_params(two), _params(init)):
         moved += int((a["emb.tables.video_id.weight"] != b["emb.tables.video_id.weight"]).any(-1).sum())
