@@ -206,3 +206,26 @@ def test_writer_output_loads_with_pickle_and_the_stream(tmp_path):
         w.add_many(h.items())
     with open(p, "rb") as f:
         _equal(pickle.load(f), h)
+
+
+def test_fallback_counts_missing_positives_once(tiny_copy):
+    """A request_id_dict that shares an object across batches is read again whole; requests
+    already handed out by the stream must not have their missing positives counted twice."""
+    import pandas as pd
+
+    rp = tiny_copy / "request_id_dict" / f"{DAY}.pkl"
+    with open(rp, "rb") as f:
+        rd = pickle.load(f)
+    keys = sorted(rd)
+    f = tiny_copy / "all_stage" / f"{DAY}.feather"
+    a = pd.read_feather(f)
+    vid = int(rd[keys[0]]["rank_pos"][3, 0])                 # a positive of the first request
+    a = a[~((a.request_id == keys[0]) & (a.video_id == vid))].reset_index(drop=True)
+    a.to_feather(f)
+    filler = {k + 10 ** 9: {} for k in range(1500)}           # not requests of the day
+    obj = {keys[0]: rd[keys[0]]} | filler | {k: rd[k] for k in keys[1:]}
+    obj[keys[-1]]["realshow"] = obj[keys[0]]["realshow"]      # one object, two batches
+    with open(rp, "wb") as fh:
+        pickle.dump(obj, fh, protocol=4)
+    day = build_day_arrays(tiny_copy, DAY, TWO_STAGE)
+    assert day.stats["missing_positive"] == 1

@@ -374,7 +374,8 @@ def _fill_candidates(rp: Path, spec: CascadeSpec, req: _Requests, counts: Mappin
                      labels: np.ndarray) -> int:
     """Candidate groups from request_id_dict, streamed; returns the missing-positive count."""
     K = spec.group_size
-    missing = 0
+    # per request, so a request handed out twice (the whole-file fallback) is counted once
+    missing = np.zeros(req.request_id.shape[0], dtype=np.int64)
     for rows, values in _request_batches(rp, req.request_id):
         per_request = [v if isinstance(v, Mapping) else _bad_stage(rp, v) for v in values]
         for g, group in enumerate(spec.groups):
@@ -408,12 +409,12 @@ def _fill_candidates(rp: Path, spec: CascadeSpec, req: _Requests, counts: Mappin
                 else:
                     found = np.zeros_like(valid)
                     idx = np.full(keys.shape, missing_index, dtype=np.int64)
-                missing += int((valid & ~found).sum())
+                missing[rows] = (valid & ~found).sum(axis=1)
                 lab = LABEL_BASE - idx
             else:
                 lab = np.full(valid.shape, LABEL_BASE - spec.negative_index[group], dtype=np.int64)
             labels[rows, sl] = np.where(valid, lab, 0)
-    return missing
+    return int(missing.sum())
 
 
 def _fill_histories(hp: Path, req: _Requests, req_ts_ms: np.ndarray, counts: Mapping[str, int],
