@@ -235,11 +235,11 @@ def prepare_data(cfg: RunConfig, spec: CascadeSpec, root: Path, days: list[str],
     ctx = context()
 
     def build():
+        for d in days:        # every day, even when the vocabulary itself is already cached
+            load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir, history_len=cfg.seq_len)
         if cfg.vocab == "compact" and vocab is None:
             return load_vocabulary(root, days, spec, cfg.tz, cache_dir=cfg.cache_dir,
                                    history_len=cfg.seq_len)
-        for d in days:
-            load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir, history_len=cfg.seq_len)
         return vocab
 
     if ctx.enabled and not ctx.is_main:

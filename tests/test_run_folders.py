@@ -243,3 +243,19 @@ def test_collect_names_a_bad_metrics_file(trained, tmp_path, content):
     (run / "metrics.json").write_text(content)
     _one_error(_cli(["-m", "deep_components.collect", "--runs_root", root, "--setting", "two_stage"]),
                str(run / "metrics.json"))
+
+
+def test_every_day_is_converted_first_even_with_a_cached_vocabulary(tiny_root, tmp_path):
+    """With the run's vocabulary already cached, the days themselves are still converted (and
+    so checked) before training, the test day included."""
+    import shutil as sh
+
+    cache = tmp_path / "cache"
+    cfg = dict(data_dir=str(tiny_root), cache_dir=str(cache), batch_size=64, max_steps=1,
+               progress=False, device="cpu")
+    train(RunConfig(run_dir=str(tmp_path / "first"), **cfg))
+    for d in ("2024-01-15", "2024-01-16"):
+        sh.rmtree(cache / "two_stage" / d)
+    train(RunConfig(run_dir=str(tmp_path / "second"), **cfg))   # one step, on 2024-01-13
+    for d in ("2024-01-15", "2024-01-16"):
+        assert [p for p in (cache / "two_stage" / d).iterdir() if not p.name.startswith(".")]
