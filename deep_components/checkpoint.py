@@ -2,8 +2,8 @@
 
 A checkpoint holds every tower, every optimiser, the loss module (learnable weights), the RNG
 states of Python, NumPy and torch, and the position (day index, next batch index, step).  It is
-written to a temporary file unique to the process, then renamed over the last one, so a crash mid-write never corrupts
-the last good checkpoint, and loaded with ``torch.load(weights_only=True)`` (plain tensors and
+written to a temporary file unique to the process, then renamed over the last one, so a crash
+mid-write never corrupts the last good checkpoint, and loaded with ``torch.load(weights_only=True)`` (plain tensors and
 containers only; no code runs).  Resuming refuses a checkpoint whose method, setting or model
 shape differs from the run's, saying what differs.
 """

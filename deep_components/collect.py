@@ -43,8 +43,7 @@ def load_metrics(runs_root: Path, setting: str, methods: list[str] | None = None
         if methods and m["method"] not in methods:
             continue
         cfg = p.parent / "config.json"
-        key = read_json(cfg).get("run_key") if cfg.is_file() else None
-        if not cfg.is_file() or m.get("run_key") != key:
+        if not cfg.is_file() or m.get("run_key") != read_json(cfg).get("run_key"):
             print(f"warning: {p}: skipped, it does not belong to the training in {cfg} "
                   "(re-run run_test on the folder)", file=sys.stderr)
             continue

@@ -127,7 +127,7 @@ def add_common_flags(ap: argparse.ArgumentParser) -> None:
                         "to id_cnt (full); both train to the same rows")
     o.add_argument("--emb_optimizer", default="adam", choices=["adam", "lazy_adam"],
                    help="adam: dense Adam over every row (the paper's recipe); lazy_adam: sparse "
-                        "gradients and SparseAdam over the rows a batch touches")
+                        "gradients, Adam's update on the rows a batch touches only")
     r = ap.add_argument_group("robustness")
     r.add_argument("--ckpt_every", type=int, default=200,
                    help="save the full training state every N steps (and at every day's end); 0 = days only")
@@ -192,7 +192,7 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.batch_size % world == 0,
          f"--batch_size {cfg.batch_size} is the global batch and must be divisible by the number "
          f"of processes ({world})")
-    need(cfg.eval_batch_size >= 1, f"--infer_recall_batch_size must be >= 1, got {cfg.eval_batch_size}")
+    check_eval_batch(cfg)
     need(math.isfinite(cfg.tau) and cfg.tau >= 0,
          f"--tau must be > 0 (or 0 for the method's default), got {cfg.tau}")
     need(cfg.emb_dim >= 1, f"--emb_dim must be >= 1, got {cfg.emb_dim}")
@@ -241,13 +241,19 @@ def check_tz(tz: str) -> None:
                          "or UTC)") from None
 
 
+def check_eval_batch(cfg: RunConfig) -> None:
+    from .runtime import UsageError
+
+    if cfg.eval_batch_size < 1:
+        raise UsageError(f"--infer_recall_batch_size must be >= 1, got {cfg.eval_batch_size}")
+
+
 def validate_eval(cfg: RunConfig, train_days: list[str]) -> None:
     """The flags run_test uses, checked like training's; a training day as the test day needs
     --allow_train_day."""
     from .runtime import UsageError, resolve_device
 
-    if cfg.eval_batch_size < 1:
-        raise UsageError(f"--infer_recall_batch_size must be >= 1, got {cfg.eval_batch_size}")
+    check_eval_batch(cfg)
     if cfg.test_day and cfg.test_day in train_days and not cfg.allow_train_day:
         raise UsageError(f"--test_day {cfg.test_day} is one of the run's training days; pass "
                          "--allow_train_day to evaluate on it anyway")

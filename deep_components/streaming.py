@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .parsing import OneLineParser
 from .cascade import SPECS, get_spec
 from .collect import DISPLAY, PAPER_ORDER
 from .config import RunConfig
 from .data import DataError, list_days, read_id_counts, synthetic_info
+from .parsing import OneLineParser
 from .runtime import UsageError, resolve_device
 from .train import Trainer, prepare_data
 
@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     from .config import add_common_flags, config_from_args
 
     ap = OneLineParser(prog="python -m deep_components.streaming", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_flags(ap)
     ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))
     ap.add_argument("--methods", nargs="+", default=list(PAPER_ORDER))

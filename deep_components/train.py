@@ -356,9 +356,7 @@ def train(cfg: RunConfig) -> Path:
         if created and not started and ctx.is_main:
             import shutil
 
-            if lock is not None:
-                lock.release()
-            shutil.rmtree(run_dir, ignore_errors=True)
+            shutil.rmtree(run_dir, ignore_errors=True)   # the lock is released just below
         raise
     finally:
         if lock is not None:
@@ -373,6 +371,7 @@ def _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, tes
     ckpt_path = run_dir / CHECKPOINT_FILE
     log_path = run_dir / "loss_log.jsonl"
     start_day, start_batch = 0, 0
+    run_key = None
     if ckpt is not None:
         pos = ckpt["position"]
         start_day, start_batch = pos["day_index"], pos["batch_index"]
@@ -382,19 +381,21 @@ def _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, tes
             _truncate_log(log_path, pos["step"])
         log.warning("resuming %s from step %d (day %d, batch %d)", run_dir, pos["step"],
                     start_day, start_batch)
+        if ctx.is_main:
+            run_key = read_json(run_dir / "config.json").get("run_key")
     elif ctx.is_main:
         for f in existing:                     # --overwrite: the old results go before anything
             (run_dir / f).unlink(missing_ok=True)
         import uuid
 
+        run_key = uuid.uuid4().hex
         resolved = cfg.to_dict() | {"train_days": train_days, "test_day": test_day, "seed": seed,
                                     "synthetic": synthetic_info(root), "id_counts": id_counts,
                                     "vocab_sizes": vocab.sizes() if vocab is not None else None,
                                     "loss_repr": repr(trainer.loss_fn), "world_size": ctx.world,
-                                    "run_key": uuid.uuid4().hex}
+                                    "run_key": run_key}
         write_json(run_dir / "config.json", resolved)
         write_json(run_dir / "env.json", environment(device) | {"world_size": ctx.world})
-    run_key = read_json(run_dir / "config.json").get("run_key") if ctx.is_main else None
     ckpt_times: list[float] = []
 
     def checkpoint(day_index: int, next_batch: int) -> None:

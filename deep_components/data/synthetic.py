@@ -436,12 +436,6 @@ def simulate_requests(w: World, rng: np.random.Generator, plan: DayPlan, sl: sli
                   cut_label, cut_len)
 
 
-def simulate_day(w: World, rng: np.random.Generator, day: int, first_request_id: int) -> DayLog:
-    """A whole day in one piece (small worlds, tests)."""
-    plan = plan_day(w, rng, day, first_request_id, cuts=False)
-    return simulate_requests(w, rng, plan, slice(None))
-
-
 # --------------------------------------------------------------------------------------------
 # histories from effective views
 
@@ -625,13 +619,6 @@ class DayWriter:
         for f in self._files:
             f.close()
         return self.rows
-
-
-def write_day(w: World, log: DayLog, hist: np.ndarray, out: Path, date: str) -> int:
-    """Write all_stage, realshow and both pickles of one day in one piece; returns all_stage rows."""
-    writer = DayWriter(out, date)
-    writer.write(w, log, hist)
-    return writer.close()
 
 
 def generate(out: str | os.PathLike, params: WorldParams, seed: int = 0, *, preset: str = "custom",
