@@ -135,29 +135,38 @@ def clean_stale_tmp(folder: Path, max_age_s: float = 86_400) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
-def _write_entry(day_dir: Path, key: str, day: DayData) -> None:
+def publish_entry(folder: Path, key: str, arrays: dict[str, np.ndarray], meta: dict,
+                  what: str) -> None:
+    """Write ``arrays`` (one ``.npy`` each) and ``meta.json`` into a temporary folder of
+    ``folder``, then rename it to ``folder/key``: readers never see a half-written entry, and
+    of two processes writing the same entry the first rename wins.  A failure removes the
+    temporary folder and is one DataError naming ``folder`` and ``what``."""
+    advice = "set LCRON_CACHE_DIR or --cache_dir to a writable folder"
     try:
-        day_dir.mkdir(parents=True, exist_ok=True)
-        clean_stale_tmp(day_dir)
-        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(), dir=day_dir))
+        folder.mkdir(parents=True, exist_ok=True)
+        clean_stale_tmp(folder)
+        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(), dir=folder))
     except OSError as e:
-        raise DataError(f"{day_dir}: cannot create the data cache here ({e.strerror or e}); set "
-                        "LCRON_CACHE_DIR or --cache_dir to a writable folder") from None
+        raise DataError(f"{folder}: cannot create {what} here ({e.strerror or e}); {advice}") from None
     try:
-        for k, v in day.arrays().items():
+        for k, v in arrays.items():
             np.save(tmp / f"{k}.npy", np.ascontiguousarray(v))
         with open(tmp / META, "w") as f:
-            json.dump({"date": day.date, "spec": day.spec_name, "stats": day.stats,
-                       "shapes": {k: list(v.shape) for k, v in day.arrays().items()}}, f, indent=1)
-        final = day_dir / key
+            json.dump(meta, f, indent=1)
         try:
-            os.rename(tmp, final)
-        except OSError:  # another process built the same entry first
+            os.rename(tmp, folder / key)
+        except OSError:  # another process wrote the same entry first
             shutil.rmtree(tmp, ignore_errors=True)
     except OSError as e:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise DataError(f"{day_dir}: cannot write the data cache ({e.strerror or e}); set "
-                        "LCRON_CACHE_DIR or --cache_dir to a writable folder") from None
+        raise DataError(f"{folder}: cannot write {what} ({e.strerror or e}); {advice}") from None
+
+
+def _write_entry(day_dir: Path, key: str, day: DayData) -> None:
+    arrays = day.arrays()
+    publish_entry(day_dir, key, arrays,
+                  {"date": day.date, "spec": day.spec_name, "stats": day.stats,
+                   "shapes": {k: list(v.shape) for k, v in arrays.items()}}, "the data cache")
     for stale in day_dir.iterdir():  # entries of older sources/settings
         if stale.name != key and not stale.name.startswith(".tmp-"):
             shutil.rmtree(stale, ignore_errors=True)

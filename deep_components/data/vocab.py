@@ -25,14 +25,11 @@ import hashlib
 import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError
 from .recflow import DayData
 
 log = logging.getLogger("deep_components.data")
@@ -164,8 +161,8 @@ def build_vocabulary(days) -> Vocabulary:
 def load_vocabulary(root: str | os.PathLike, dates: list[str], spec, tz: str, *,
                     cache_dir: str | os.PathLike | None = None, history_len: int = 50) -> Vocabulary:
     """The vocabulary of ``dates`` (built from their day caches on first use, then cached)."""
-    from .cache import (MISSING_POSITIVE_INDEX, cache_key, clean_stale_tmp, default_cache_dir,
-                        load_day, tmp_prefix)
+    from .cache import (MISSING_POSITIVE_INDEX, cache_key, default_cache_dir, load_day,
+                        publish_entry)
     from . import layout
 
     root = layout.check_root(root)
@@ -182,20 +179,7 @@ def load_vocabulary(root: str | os.PathLike, dates: list[str], spec, tz: str, *,
         pass
     vocab = build_vocabulary(load_day(root, d, spec, tz, cache_dir=cache_dir, history_len=history_len)
                              for d in sorted(set(dates)))
-    try:
-        vdir.mkdir(parents=True, exist_ok=True)
-        clean_stale_tmp(vdir)
-        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(), dir=vdir))
-        for f, v in vocab.ids.items():
-            np.save(tmp / f"{f}.npy", v)
-        with open(tmp / "meta.json", "w") as fh:
-            json.dump({"days": sorted(set(dates)), "sizes": vocab.sizes()}, fh, indent=1)
-        try:
-            os.rename(tmp, entry)
-        except OSError:                       # another process wrote it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except OSError as e:
-        raise DataError(f"{vdir}: cannot write the vocabulary cache ({e.strerror or e}); set "
-                        "LCRON_CACHE_DIR or --cache_dir to a writable folder") from None
+    publish_entry(vdir, key, vocab.ids, {"days": sorted(set(dates)), "sizes": vocab.sizes()},
+                  "the vocabulary cache")
     log.info("vocabulary of %d days: %s", len(set(dates)), vocab.sizes())
     return vocab
