@@ -10,6 +10,7 @@ checkpoints and run folders.  Without torchrun everything here is a no-op (world
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -108,5 +109,14 @@ def context() -> DistContext:
 
 
 def shutdown() -> None:
+    """Leave the process group while Python still runs normally.
+
+    DDP wrappers caught in reference cycles keep the gloo group (and its worker threads) alive
+    until the interpreter's final collection; a worker thread that then drops the last
+    reference to a tensor needs the GIL, which a finalizing interpreter no longer hands out, and
+    the process aborts ("terminate called without an active exception"), failing the whole
+    torchrun job after every file was written.  Collecting first frees those wrappers now, so
+    destroying the group joins its threads before the interpreter shuts down."""
     if dist.is_available() and dist.is_initialized():
+        gc.collect()
         dist.destroy_process_group()
