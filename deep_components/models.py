@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .embedding_init import fill_table
 
 ID_TABLES = ("user_id", "device_id", "gender", "age", "province", "video_id", "author_id",
@@ -21,6 +22,34 @@ ID_TABLES = ("user_id", "device_id", "gender", "age", "province", "video_id", "a
 CATE1_PAD = 2
 TIME_ROWS = {"weekday": 7 + 2, "hour": 24 + 2, "minute": 60 + 2}
 MASKED_LOGIT = -(2 ** 30 - 1)
+
+
+class _Lookup(torch.autograd.Function):
+    """``F.embedding`` whose dense table gradient comes from the native scatter-add kernel
+    (bit-identical to torch's CPU embedding backward, without its sort; tests/test_kernels.py)."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor, ids: Tensor, padding_idx: int | None) -> Tensor:
+        ctx.save_for_backward(ids)
+        ctx.rows, ctx.padding_idx = weight.shape[0], padding_idx
+        return F.embedding(ids, weight, padding_idx)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        (ids,) = ctx.saved_tensors
+        lib = kernels.native_library()
+        return kernels.embedding_backward(lib, grad, ids, ctx.rows, ctx.padding_idx), None, None
+
+
+def lookup(table: nn.Embedding, ids: Tensor) -> Tensor:
+    """``table(ids)``, through :class:`_Lookup` when the native kernel serves this table's
+    gradient (a dense CPU table that needs one)."""
+    w = table.weight
+    if (table.sparse or not (torch.is_grad_enabled() and w.requires_grad) or not kernels.supports(w)
+            or table.max_norm is not None or table.scale_grad_by_freq
+            or kernels.native_library() is None):
+        return table(ids)
+    return _Lookup.apply(w, ids, table.padding_idx)
 
 
 class FeatureEmbeddings(nn.Module):
@@ -55,7 +84,7 @@ class FeatureEmbeddings(nn.Module):
                 fill_table(table.weight, seed, tower, f, keys, pads[f])
 
     def _cat(self, x: Tensor, names: tuple[str, ...]) -> Tensor:
-        return torch.cat([self.tables[n](x[..., j]) for j, n in enumerate(names)], dim=-1)
+        return torch.cat([lookup(self.tables[n], x[..., j]) for j, n in enumerate(names)], dim=-1)
 
     def context(self, context: Tensor) -> Tensor:
         """[B, 8] -> [B, 64]: weekday, hour, minute, user, device, gender, age, province."""
@@ -79,6 +108,21 @@ def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
         if i < len(sizes) - 2 or final_activation:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+def split_mlp(net: nn.Sequential, shared: Tensor, per_item: Tensor) -> Tensor:
+    """``net(cat([shared broadcast over N, per_item], -1))`` without building the concatenation.
+
+    shared [B, S], per_item [B, N, K] -> [B, N, out].  The first Linear's shared half runs once
+    per request and is broadcast-added to its per-item half: the same value (up to float
+    rounding order), and the [B, N, S] copy and its share of the product and its gradient are
+    never made.
+    """
+    first = net[0]
+    S = shared.shape[-1]
+    y = F.linear(per_item, first.weight[:, S:]) + F.linear(shared, first.weight[:, :S],
+                                                          first.bias).unsqueeze(1)
+    return net[1:](y)
 
 
 def user_input(emb: FeatureEmbeddings, context: Tensor, history: Tensor,
@@ -110,7 +154,12 @@ class DSSM(nn.Module):
 
 
 class MLP(nn.Module):
-    """One tower over user input and item features (three-stage prerank)."""
+    """One tower over user input and item features (three-stage prerank).
+
+    ``split_input`` (default) runs the first layer through :func:`split_mlp`; False builds the
+    [B, N, 168] concatenation, as the reference does."""
+
+    split_input = True
 
     def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128, **emb):
         super().__init__()
@@ -121,6 +170,8 @@ class MLP(nn.Module):
                 items: Tensor) -> Tensor:
         u = user_input(self.emb, context, history, history_mask)                       # [B, 104]
         x = torch.cat([self.emb.item(items), self.emb.upload_time(items)], dim=-1)       # [B, N, 64]
+        if self.split_input:
+            return split_mlp(self.net, u, x).squeeze(-1)
         z = torch.cat([u.unsqueeze(1).expand(-1, x.shape[1], -1), x], dim=-1)           # [B, N, 168]
         return self.net(z).squeeze(-1)
 
@@ -134,6 +185,10 @@ class _PairAttention(torch.autograd.Function):
     no gradient.  Requests are processed in chunks of similar length (sorted), each chunk scoring
     only its longest valid suffix; the [B, N, H, D] hidden layer is never stored: backward
     recomputes it chunk by chunk.  Exact: same values and gradients as the dense form.
+
+    On the CPU the native kernel (deep_components.kernels) computes the same in one pass per
+    request without any hidden-layer temporaries; this chunked form is its fallback and the path
+    on CUDA.
     """
 
     @staticmethod
@@ -146,19 +201,27 @@ class _PairAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q: Tensor, h: Tensor, w: Tensor, lengths: Tensor, chunk: int) -> Tensor:
+        ctx.save_for_backward(q, h, w, lengths)
+        ctx.chunk = chunk
+        lib = kernels.native_library() if kernels.supports(q) else None
+        ctx.native = lib is not None
+        if lib is not None:
+            return kernels.pair_attention_forward(lib, q, h, w, lengths)
         B, N, _ = q.shape
         H = h.shape[1]
         out = q.new_zeros(B, N, H)
         for idx, r0 in _PairAttention._chunks(lengths, chunk, H):
             hidden = (q[idx].unsqueeze(2) + h[idx, r0:].unsqueeze(1)).relu_()      # [c, N, L, D]
             out[idx, :, r0:] = hidden @ w
-        ctx.save_for_backward(q, h, w, lengths)
-        ctx.chunk = chunk
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         q, h, w, lengths = ctx.saved_tensors
+        if ctx.native:
+            gq, gh, gw = kernels.pair_attention_backward(kernels.native_library(), q, h, w,
+                                                         lengths, grad)
+            return gq, gh, gw, None, None
         gq, gh, gw = torch.zeros_like(q), torch.zeros_like(h), torch.zeros_like(w)
         H = h.shape[1]
         for idx, r0 in _PairAttention._chunks(lengths, ctx.chunk, H):
@@ -178,8 +241,11 @@ class DIN(nn.Module):
     per request) plus a candidate half (once per candidate) and broadcast-adds them: the same
     output as the concatenated form, without the [B, N, H, 80] x [80, 80] product; the ReLU and
     the second layer run in cache-sized chunks over valid history rows only (``_PairAttention``).
+    The output MLP's context half runs once per request (``split_input``, :func:`split_mlp`).
     """
 
+    #: the output MLP's first layer through :func:`split_mlp` (False: the concatenated form)
+    split_input = True
     #: requests per chunk of the attention kernel (about 5 MB of hidden activations at N = 40)
     chunk = 8
 
@@ -218,8 +284,10 @@ class DIN(nn.Module):
         a = a.masked_fill(~history_mask.unsqueeze(1), MASKED_LOGIT)
         interest = torch.softmax(a, dim=-1) @ hist                                       # [B, N, 40]
         ctx = self.emb.context(context)                                                  # [B, 64]
-        z = torch.cat([ctx.unsqueeze(1).expand(-1, query.shape[1], -1), interest, query,
-                       self.emb.upload_time(items)], dim=-1)                             # [B, N, 168]
+        x = torch.cat([interest, query, self.emb.upload_time(items)], dim=-1)            # [B, N, 104]
+        if self.split_input:
+            return split_mlp(self.net, ctx, x).squeeze(-1)
+        z = torch.cat([ctx.unsqueeze(1).expand(-1, query.shape[1], -1), x], dim=-1)      # [B, N, 168]
         return self.net(z).squeeze(-1)
 
 

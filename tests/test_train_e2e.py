@@ -37,12 +37,14 @@ def _untrained(root, setting, seed):
     return evaluate(models, load_day(root, TEST_DAY, spec), spec, torch.device("cpu"))
 
 
-#: ICC learns slowest in these 27 steps (it is also the weakest method in the paper); its margin
-#: is still about five standard errors of the mean over the 300 test requests.  RankFlow's
-#: three-stage distillation gains 0.12-0.19 over run ids 1..8 (two-stage ICC: -0.00-0.13, 0.06
-#: on average), hence its lower margin and the run id of these tests (3: 0.09 and 0.125).
+#: ICC learns slowest in these 27 steps (it is also the weakest method in the paper): two-stage,
+#: its gain over run ids 1..8 is 0.03-0.10 (mean 0.07), a spread that float-rounding changes
+#: anywhere in the towers reshuffle, so its margin is checked on the mean gain of three run ids
+#: (ICC_RUN_IDS).  RankFlow's three-stage distillation gains 0.12-0.19 over run ids 1..8, hence
+#: its lower margin.
 MARGIN = {"icc": 0.05, "rankflow": 0.10}
 RUN_ID = 3
+ICC_RUN_IDS = (3, 4, 5)
 METHODS = ["bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron"]
 
 
@@ -54,9 +56,14 @@ def test_training_beats_untrained(tiny_root, tmp_path, setting, method):
     for f in ("config.json", "env.json", "loss_log.jsonl", "towers.pt", "train_summary.json"):
         assert (run_dir / f).is_file(), f
     m = evaluate_run(cfg)
-    base = _untrained(tiny_root, setting, cfg.resolved_seed())
-    margin = MARGIN.get(method, 0.15)
-    assert m["joint_recall"] >= base["joint_recall"] + margin, (m["joint_recall"], base["joint_recall"])
+    gains = [m["joint_recall"] - _untrained(tiny_root, setting, cfg.resolved_seed())["joint_recall"]]
+    if method == "icc":
+        for rid in ICC_RUN_IDS[1:]:
+            other = _cfg(tiny_root, tmp_path, setting, method, run_id=rid)
+            train(other)
+            gains.append(evaluate_run(other)["joint_recall"]
+                         - _untrained(tiny_root, setting, other.resolved_seed())["joint_recall"])
+    assert sum(gains) / len(gains) >= MARGIN.get(method, 0.15), gains
     assert m["joint_recall"] < 0.99
     spec = get_spec(setting)
     assert list(m["stages"]) == list(spec.stage_names) and m["requests"] == 300

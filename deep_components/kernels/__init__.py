@@ -1,0 +1,210 @@
+"""Native CPU kernels, compiled on first use and loaded with ctypes.
+
+``native.cpp`` holds DIN's fused attention scores (forward and backward of ``relu(q + h) · w``
+without the [B, N, H, D] hidden layer) and the dense gradient of an embedding lookup (the same
+additions in the same order as torch's, without its sort).  It is compiled once per machine with
+the system C++ compiler (``$CXX``, else ``c++``/``g++``) at ``-O3 -march=native`` into a cache
+folder (``$LCRON_KERNEL_DIR``, else ``~/.cache/lcron/kernels``), keyed by the source, the
+compiler, the flags and the CPU, and then loaded in well under a second.  No compiler, a failed
+build or a folder that cannot be written: the towers use their pure-PyTorch path, which computes
+the same values (tests/test_kernels.py), and the run's log says which path ran.
+
+Selection (``--kernels`` or :func:`set_mode`): ``auto`` (native on the CPU when it builds,
+PyTorch otherwise), ``native`` (native or an error), ``torch`` (always PyTorch).  CUDA tensors
+always take the PyTorch path.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("native.cpp")
+ABI = 2
+MODES = ("auto", "native", "torch")
+BASE_FLAGS = ["-O3", "-std=c++17", "-fopenmp-simd", "-shared", "-fPIC", "-pthread"]
+
+_mode = "auto"
+_lock = threading.Lock()
+_lib: ctypes.CDLL | None = None
+_status: str | None = None          # why the native kernel is (not) in use, once tried
+
+
+class KernelError(RuntimeError):
+    """``--kernels native`` was asked for and the kernel cannot be built or loaded."""
+
+
+def set_mode(mode: str) -> None:
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"--kernels must be one of {MODES}, got {mode!r}")
+    _mode = mode
+
+
+def get_mode() -> str:
+    return _mode
+
+
+def cache_dir() -> Path:
+    env = os.environ.get("LCRON_KERNEL_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "lcron" / "kernels"
+
+
+def _compiler() -> str | None:
+    for c in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if c and shutil.which(c):
+            return c
+    return None
+
+
+def _cpu_signature() -> str:
+    """What -march=native depends on: the machine and, on Linux, the CPU's model and flags."""
+    sig = [platform.machine(), platform.processor()]
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("model name", "flags", "Features", "CPU part")):
+                    sig.append(line.strip())
+                if len(sig) >= 5:
+                    break
+    except OSError:
+        pass
+    return "\n".join(sig)
+
+
+def _build(cxx: str) -> tuple[Path, str]:
+    """Compile (or find compiled) the kernel; returns (library path, compiler version line)."""
+    version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout.splitlines()
+    version_line = version[0] if version else cxx
+    src = SOURCE.read_bytes()
+    errors = []
+    for arch in (["-march=native"], []):          # some compilers lack -march=native
+        flags = BASE_FLAGS + arch
+        key = hashlib.sha256(b"\0".join([src, "\n".join(version).encode(), " ".join(flags).encode(),
+                                         _cpu_signature().encode(), str(ABI).encode()])).hexdigest()[:16]
+        out_dir = cache_dir()
+        lib = out_dir / f"lcron-native-{key}.so"
+        if lib.is_file():
+            return lib, version_line
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".lcron-native-", suffix=".so", dir=out_dir)
+        os.close(fd)
+        try:
+            r = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True,
+                               text=True, timeout=300)
+            if r.returncode == 0:
+                os.replace(tmp, lib)              # atomic: concurrent builders (torchrun) agree
+                return lib, version_line
+            errors.append((r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"])
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    raise OSError(f"{cxx} could not compile {SOURCE.name}: {errors[-1][0]}")
+
+
+def _load() -> ctypes.CDLL:
+    cxx = _compiler()
+    if cxx is None:
+        raise OSError("no C++ compiler found ($CXX, c++, g++, clang++)")
+    path, version = _build(cxx)
+    lib = ctypes.CDLL(str(path))
+    if lib.lcron_kernel_abi() != ABI:
+        raise OSError(f"{path}: kernel ABI {lib.lcron_kernel_abi()}, expected {ABI}")
+    i64, p, c_int = ctypes.c_int64, ctypes.c_void_p, ctypes.c_int
+    for dt in ("f32", "f64"):
+        getattr(lib, f"pair_attention_forward_{dt}").argtypes = [p] * 5 + [i64] * 4 + [c_int]
+        getattr(lib, f"pair_attention_backward_{dt}").argtypes = [p] * 9 + [i64] * 4 + [c_int]
+        getattr(lib, f"embedding_backward_{dt}").argtypes = [p] * 3 + [i64] * 4
+    global _status
+    _status = f"native C++ ({version}; {path})"
+    return lib
+
+
+def native_library() -> ctypes.CDLL | None:
+    """The loaded kernel library, or None when the mode or the machine says PyTorch."""
+    global _lib, _status
+    if _mode == "torch":
+        return None
+    if _lib is None and _status is None:
+        with _lock:
+            if _lib is None and _status is None:
+                try:
+                    _lib = _load()
+                except (OSError, subprocess.SubprocessError) as e:
+                    _status = f"PyTorch fallback ({e})"
+    if _lib is None and _mode == "native":
+        raise KernelError(f"--kernels native: {_status}")
+    return _lib
+
+
+def describe() -> str:
+    """One line for the log: which path the attention and embedding gradients take on the CPU."""
+    if _mode == "torch":
+        return "PyTorch (--kernels torch)"
+    native_library()
+    return _status or "PyTorch"
+
+
+def supports(t: torch.Tensor) -> bool:
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64)
+
+
+def _ptr(t: torch.Tensor) -> int:
+    return t.data_ptr()
+
+
+def pair_attention_forward(lib: ctypes.CDLL, q: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                           lengths: torch.Tensor) -> torch.Tensor:
+    """q [B, N, D], h [B, H, D], w [D], lengths [B] -> a [B, N, H] (0 on padded rows)."""
+    B, N, D = q.shape
+    H = h.shape[1]
+    q, h, w = q.contiguous(), h.contiguous(), w.contiguous()
+    lengths = lengths.to(torch.int64).contiguous()
+    out = q.new_empty(B, N, H)
+    fn = lib.pair_attention_forward_f32 if q.dtype == torch.float32 else lib.pair_attention_forward_f64
+    fn(_ptr(q), _ptr(h), _ptr(w), _ptr(lengths), _ptr(out), B, N, H, D, torch.get_num_threads())
+    return out
+
+
+def pair_attention_backward(lib: ctypes.CDLL, q: torch.Tensor, h: torch.Tensor, w: torch.Tensor,
+                            lengths: torch.Tensor, grad: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients (gq [B, N, D], gh [B, H, D], gw [D]) of sum(grad * a) over the valid rows."""
+    B, N, D = q.shape
+    H = h.shape[1]
+    q, h, w, grad = q.contiguous(), h.contiguous(), w.contiguous(), grad.contiguous()
+    lengths = lengths.to(torch.int64).contiguous()
+    gq, gh, gw = torch.empty_like(q), torch.empty_like(h), torch.empty_like(w)
+    gw_rows = q.new_empty(B, D)
+    fn = lib.pair_attention_backward_f32 if q.dtype == torch.float32 else lib.pair_attention_backward_f64
+    fn(_ptr(q), _ptr(h), _ptr(w), _ptr(lengths), _ptr(grad), _ptr(gq), _ptr(gh), _ptr(gw),
+       _ptr(gw_rows), B, N, H, D, torch.get_num_threads())
+    return gq, gh, gw
+
+
+def embedding_backward(lib: ctypes.CDLL, grad: torch.Tensor, ids: torch.Tensor, rows: int,
+                       padding_idx: int | None) -> torch.Tensor:
+    """grad [..., dim], ids [...] -> the dense table gradient [rows, dim] (padding row 0)."""
+    dim = grad.shape[-1]
+    grad = grad.reshape(-1, dim).contiguous()
+    ids = ids.reshape(-1).to(torch.int64).contiguous()
+    out = grad.new_empty(rows, dim)
+    fn = lib.embedding_backward_f32 if grad.dtype == torch.float32 else lib.embedding_backward_f64
+    fn(_ptr(ids), _ptr(grad), _ptr(out), ids.numel(), rows, dim,
+       -1 if padding_idx is None else padding_idx)
+    return out

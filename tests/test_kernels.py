@@ -1,0 +1,167 @@
+"""Native CPU kernels (deep_components.kernels) against the PyTorch paths they replace: values
+and gradients in float64 and float32, bit-identical embedding gradients, thread-count
+independence, the fallback without a compiler, and the build cache."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from deep_components import kernels
+from deep_components.models import DIN, MLP, _PairAttention
+
+from test_models import SMALL, _batch
+
+pytestmark = pytest.mark.skipif(kernels.native_library() is None,
+                                reason=f"no native kernels here: {kernels.describe()}")
+
+
+@pytest.fixture
+def mode():
+    """Set the kernel mode for one test; the default comes back afterwards."""
+    before = kernels.get_mode()
+    yield kernels.set_mode
+    kernels.set_mode(before)
+
+
+def _attention_case(dtype, B=9, N=7, H=50, D=80, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, N, D, generator=g, dtype=dtype)
+    h = torch.randn(B, H, D, generator=g, dtype=dtype)
+    w = torch.randn(D, generator=g, dtype=dtype)
+    lengths = torch.tensor([1, 50, 3, 17, 49, 2, 33, 8, 25])[:B]
+    valid = (torch.arange(H) >= H - lengths[:, None])[:, None, :].expand(B, N, H)
+    grad = torch.randn(B, N, H, generator=g, dtype=dtype) * valid   # the caller masks padded rows
+    return q, h, w, lengths, valid, grad
+
+
+def _attention(q, h, w, lengths, grad, chunk=4):
+    q, h, w = (t.clone().requires_grad_() for t in (q, h, w))
+    out = _PairAttention.apply(q, h, w, lengths, chunk)
+    return (out, *torch.autograd.grad(out, (q, h, w), grad))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6)])
+@pytest.mark.parametrize("chunk", [1, 4, 64])
+def test_native_attention_matches_torch_path(mode, dtype, tol, chunk):
+    q, h, w, lengths, valid, grad = _attention_case(dtype)
+    mode("torch")
+    ref = _attention(q, h, w, lengths, grad, chunk)
+    mode("native")
+    nat = _attention(q, h, w, lengths, grad, chunk)
+    assert (nat[0][~valid] == 0).all()                       # padded rows: exactly 0
+    for name, a, b in zip(("out", "gq", "gh", "gw"), (ref[0] * valid, *ref[1:]), nat):
+        scale = a.abs().max().item()
+        assert scale > 0.1, name                             # real values, not all zeros
+        assert (a - b).abs().max().item() <= tol * scale, (name, (a - b).abs().max().item())
+
+
+def test_native_attention_gradcheck(mode):
+    mode("native")
+    g = torch.Generator().manual_seed(1)
+    q = torch.randn(3, 4, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    h = torch.randn(3, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(6, generator=g, dtype=torch.float64, requires_grad=True)
+    lengths = torch.tensor([5, 1, 3])
+    valid = (torch.arange(5) >= 5 - lengths[:, None])[:, None, :].expand(3, 4, 5)
+    # the ReLU kink has measure zero; these random inputs keep |q + h| well away from it
+    assert (q.unsqueeze(2) + h.unsqueeze(1)).abs().min() > 1e-3
+    f = lambda q, h, w: _PairAttention.apply(q, h, w, lengths, 2) * valid
+    assert torch.autograd.gradcheck(f, (q, h, w))
+
+
+def test_native_attention_does_not_depend_on_threads(mode):
+    mode("native")
+    q, h, w, lengths, _, grad = _attention_case(torch.float32, B=9)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _attention(q, h, w, lengths, grad)
+        torch.set_num_threads(3)
+        three = _attention(q, h, w, lengths, grad)
+    finally:
+        torch.set_num_threads(n)
+    for a, b in zip(one, three):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("rows,padding_idx", [(9, 0), (62, 0), (5000, 2), (5000, None)])
+def test_native_embedding_gradient_is_bit_identical(mode, dtype, rows, padding_idx):
+    g = torch.Generator().manual_seed(rows)
+    ids = torch.randint(0, rows, (64, 50), generator=g)
+    ids[:, :5] = 0 if padding_idx is None else padding_idx   # many hits on the padding row
+    grad = torch.randn(64, 50, 8, generator=g, dtype=dtype)
+    ref = torch.ops.aten.embedding_dense_backward(grad, ids, rows, -1 if padding_idx is None
+                                                  else padding_idx, False)
+    nat = kernels.embedding_backward(kernels.native_library(), grad, ids, rows, padding_idx)
+    assert torch.equal(ref, nat)
+    assert nat.abs().sum() > 0
+
+
+@pytest.mark.parametrize("cls", [DIN, MLP])
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-11), (torch.float32, 1e-4)])
+def test_tower_native_matches_torch_path(mode, cls, dtype, tol):
+    """Whole towers, forward and every parameter's gradient, native kernels on vs off."""
+    torch.manual_seed(0)
+    a = cls(SMALL).to(dtype)
+    b = copy.deepcopy(a)
+    batch = _batch()
+    mode("torch")
+    ya = a(*batch)
+    (ya.sin().sum()).backward()
+    mode("native")
+    yb = b(*batch)
+    (yb.sin().sum()).backward()
+    assert torch.allclose(ya, yb, rtol=0, atol=tol * ya.abs().max().item())
+    for (n, p), q in zip(a.named_parameters(), b.parameters()):
+        assert p.grad is not None and q.grad is not None, n
+        assert torch.allclose(p.grad, q.grad, rtol=0, atol=tol * max(p.grad.abs().max().item(), 1e-3)), n
+
+
+@pytest.mark.parametrize("cls", [DIN, MLP])
+def test_split_first_layer_matches_concatenation(cls):
+    torch.manual_seed(0)
+    split = cls(SMALL).double()
+    concat = copy.deepcopy(split)
+    concat.split_input = False
+    batch = _batch()
+    a, b = split(*batch), concat(*batch)
+    assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    a.sin().sum().backward()
+    b.sin().sum().backward()
+    for (n, p), q in zip(split.named_parameters(), concat.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-12), n
+
+
+def test_fallback_without_compiler(monkeypatch, tmp_path, mode):
+    """No compiler and no cached library: auto falls back (and says why), native refuses."""
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_status", None)
+    monkeypatch.setenv("LCRON_KERNEL_DIR", str(tmp_path / "empty"))
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.delenv("CXX", raising=False)
+    mode("auto")
+    assert kernels.native_library() is None
+    assert kernels.describe().startswith("PyTorch fallback (no C++ compiler")
+    q, h, w, lengths, valid, grad = _attention_case(torch.float64)
+    out = _attention(q, h, w, lengths, grad)                 # the PyTorch path still runs
+    assert out[0].abs().max() > 0
+    mode("native")
+    with pytest.raises(kernels.KernelError, match="--kernels native: PyTorch fallback"):
+        kernels.native_library()
+
+
+def test_build_is_cached(monkeypatch, tmp_path):
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_status", None)
+    monkeypatch.setenv("LCRON_KERNEL_DIR", str(tmp_path))
+    assert kernels.native_library() is not None
+    built = list(tmp_path.glob("lcron-native-*.so"))
+    assert len(built) == 1 and not list(tmp_path.glob(".*"))   # no temporary file left behind
+    stamp = built[0].stat().st_mtime_ns
+    monkeypatch.setattr(kernels, "_lib", None)
+    monkeypatch.setattr(kernels, "_status", None)
+    assert kernels.native_library() is not None
+    assert built[0].stat().st_mtime_ns == stamp and "native C++" in kernels.describe()
