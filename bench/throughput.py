@@ -1,33 +1,35 @@
-"""Training throughput of the cascade trainer (requests/s), peak memory and model-FLOP rate.
+"""Training and evaluation throughput (requests/s), the split of a training step, peak memory.
 
-    python bench/throughput.py --data_dir data/synthetic/small --settings two_stage three_stage \
-        --methods lcron bce --steps 20 [--device cpu] [--peak_tflops 1.0]
+    python bench/throughput.py --data_dir data/synthetic/small [--settings two_stage three_stage]
+        [--methods lcron bce ...] [--steps 20] [--kernels auto|native|torch] [--device cpu]
+        [--repo /path/to/another/checkout] [--out bench_throughput.md]
 
-Measures full training steps (forward of every tower, loss, backward, every optimiser) on real
-batches of the first training day, after warm-up steps.  Reports requests/s, seconds/step, the
-process's peak RSS (and peak CUDA memory on a GPU), the achieved model FLOP rate (an analytic
-count of the dense and attention work, x3 for forward + backward) and, given --peak_tflops,
-the utilisation (achieved / peak).
+Every (setting, method) runs in its own process (so the peak RSS is its own): full training
+steps (forward of every tower, loss, backward, every optimiser) on batches of the first
+training day after warm-up steps, timed part by part, then, once per setting, the evaluation of
+the test day as ``run_test*.py`` scores it (tower scores and every metric).  Printed as one
+table; ``--out`` also writes it as Markdown.  ``--repo`` measures another checkout (e.g. a
+worktree of the code before a change) with this same script and data; ``--kernels`` is passed
+only to checkouts that have the native kernels.
+
+Columns: req/s = batch / mean step time; fwd/loss/bwd/opt = mean seconds of each part of a
+step (CPU timings; on CUDA the device is synchronised at each boundary); GFLOP/s = analytic
+model FLOPs (dense and attention work, x3 for forward + backward) per second; eval req/s =
+test-day requests scored and measured per second.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
+import subprocess
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from deep_components.cascade import get_spec  # noqa: E402
-from deep_components.data import batch_indices, default_split, list_days, load_day, read_id_counts  # noqa: E402
-from deep_components.loss import build_loss  # noqa: E402
-from deep_components.runtime import resolve_device  # noqa: E402
-from deep_components.data.vocab import build_vocabulary  # noqa: E402
-from deep_components.train import batch_to_device, build_models, build_optimizers, forward_all  # noqa: E402
+HERE = Path(__file__).resolve().parent.parent
+ALL_METHODS = ["bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron"]
 
 
 def tower_flops(tower: str, N: int, H: float) -> float:
@@ -43,11 +45,39 @@ def tower_flops(tower: str, N: int, H: float) -> float:
     raise ValueError(tower)
 
 
-def bench(data_dir: str, setting: str, method: str, steps: int, warmup: int, batch: int,
-          device: torch.device) -> dict:
+def peak_rss_mb() -> float:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, batch: int,
+            device_name: str, kernel_mode: str | None, with_eval: bool) -> dict:
+    """One (setting, method): timed training steps and, with_eval, the test day's evaluation."""
+    import numpy as np
+    import torch
+
+    from deep_components.cascade import get_spec
+    from deep_components.data import batch_indices, default_split, list_days, load_day, read_id_counts
+    from deep_components.data.vocab import build_vocabulary
+    from deep_components.evaluate import evaluate
+    from deep_components.loss import build_loss
+    from deep_components.runtime import resolve_device
+    from deep_components.train import batch_to_device, build_models, build_optimizers, forward_all
+
+    device = resolve_device(device_name)
+    kernel_line = "(no native kernels in this checkout)"
+    if kernel_mode is not None:
+        from deep_components import kernels
+
+        kernel_line = kernels.select(kernel_mode, device)
     spec = get_spec(setting)
-    days = list_days(data_dir)
-    train_days, _ = default_split(days)
+    train_days, test_day = default_split(list_days(data_dir))
     day = load_day(data_dir, train_days[0], spec).in_memory()
     vocab = build_vocabulary([day])                 # compact tables, as training builds them
     day = vocab.apply(day, in_place=True)
@@ -57,69 +87,136 @@ def bench(data_dir: str, setting: str, method: str, steps: int, warmup: int, bat
     opts = build_optimizers(models, loss_fn, 0.01)
     idx_list = batch_indices(day.num_requests, batch, seed=0)
     arrays = day.arrays()
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def step(i):
-        idx = idx_list[i % len(idx_list)]
-        b = batch_to_device({k: v[idx] for k, v in arrays.items()}, device)
-        out = loss_fn(forward_all(models, b), b["labels"], b["item_mask"])
+    def step(i: int, parts: list | None):
+        t = [time.perf_counter()]
+        b = batch_to_device({k: v[idx_list[i % len(idx_list)]] for k, v in arrays.items()}, device)
+        sync(); t.append(time.perf_counter())
+        scores = forward_all(models, b)
+        sync(); t.append(time.perf_counter())
+        out = loss_fn(scores, b["labels"], b["item_mask"])
+        sync(); t.append(time.perf_counter())
         for o in opts:
             o.zero_grad(set_to_none=True)
         out["loss"].backward()
+        sync(); t.append(time.perf_counter())
         for o in opts:
             o.step()
+        sync(); t.append(time.perf_counter())
+        if parts is not None:
+            parts.append(np.diff(t))
         return b
 
     for i in range(warmup):
-        step(i)
+        step(i, None)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t0 = time.perf_counter()
+    parts: list = []
     hist_rows = []
     for i in range(steps):
-        b = step(warmup + i)
+        b = step(warmup + i, parts)
         hist_rows.append(float(b["history_mask"].sum(-1).float().mean()))
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    sec = time.perf_counter() - t0
+    p = np.mean(parts, axis=0)
+    sec = float(np.sum(p))
     H = float(np.mean(hist_rows))
-    flops = 3 * batch * steps * sum(tower_flops(t, spec.num_slots, H) for t in spec.towers)
+    flops = 3 * batch * sum(tower_flops(t, spec.num_slots, H) for t in spec.towers)
     res = {"setting": setting, "method": method, "device": str(device), "batch": batch,
-           "steps": steps, "seconds_per_step": sec / steps, "requests_per_s": batch * steps / sec,
-           "model_gflops_per_s": flops / sec / 1e9, "mean_valid_history": H,
-           "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-           "threads": torch.get_num_threads()}
+           "steps": steps, "seconds_per_step": sec, "requests_per_s": batch / sec,
+           "batch_s": p[0], "forward_s": p[1], "loss_s": p[2], "backward_s": p[3], "optimiser_s": p[4],
+           "model_gflops_per_s": flops / sec / 1e9, "threads": torch.get_num_threads(),
+           "kernels": kernel_line}
+    if with_eval:
+        test = vocab.apply(load_day(data_dir, test_day, spec).in_memory(), in_place=True)
+        for m in models:
+            m.eval()
+        evaluate(models, test, spec, device)       # warm-up
+        t0 = time.perf_counter()
+        evaluate(models, test, spec, device)
+        sync()
+        res["eval_requests_per_s"] = test.num_requests / (time.perf_counter() - t0)
+    res["peak_rss_mb"] = peak_rss_mb()
     if device.type == "cuda":
         res["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
     return res
+
+
+def run_child(a: argparse.Namespace, setting: str, method: str, with_eval: bool) -> dict:
+    repo = Path(a.repo).resolve()
+    has_kernels = (repo / "deep_components" / "kernels").is_dir()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", setting, method,
+           "--data_dir", str(Path(a.data_dir).resolve()), "--steps", str(a.steps),
+           "--warmup", str(a.warmup), "--batch_size", str(a.batch_size), "--device", a.device]
+    if has_kernels:
+        cmd += ["--kernels", a.kernels]
+    if with_eval:
+        cmd.append("--_eval")
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=repo)
+    if r.returncode != 0:
+        raise SystemExit(f"{setting} {method}: the measurement failed:\n{r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def table(rows: list[dict], cuda: bool) -> list[str]:
+    head = ["setting", "method", "req/s", "s/step", "fwd", "loss", "bwd", "opt", "GFLOP/s",
+            "peak RSS MB", "eval req/s"] + (["peak CUDA MB"] if cuda else [])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["setting"], r["method"], f"{r['requests_per_s']:,.0f}", f"{r['seconds_per_step']:.3f}",
+                 f"{r['forward_s']:.3f}", f"{r['loss_s']:.3f}", f"{r['backward_s']:.3f}",
+                 f"{r['optimiser_s']:.3f}", f"{r['model_gflops_per_s']:.1f}", f"{r['peak_rss_mb']:,.0f}",
+                 f"{r['eval_requests_per_s']:,.0f}" if "eval_requests_per_s" in r else ""]
+        if cuda:
+            cells.append(f"{r['peak_cuda_mb']:,.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", default="data/synthetic/small")
     ap.add_argument("--settings", nargs="+", default=["two_stage", "three_stage"])
-    ap.add_argument("--methods", nargs="+", default=["lcron"])
+    ap.add_argument("--methods", nargs="+", default=ALL_METHODS)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch_size", type=int, default=1024)
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--peak_tflops", type=float, default=None,
-                    help="the hardware's peak FP32 TFLOP/s, to print utilisation")
+    ap.add_argument("--kernels", default="auto", choices=["auto", "native", "torch"])
+    ap.add_argument("--repo", default=str(HERE), help="checkout whose code is measured")
+    ap.add_argument("--out", default=None, help="also write the table here (Markdown)")
+    ap.add_argument("--_child", nargs=2, metavar=("SETTING", "METHOD"), help=argparse.SUPPRESS)
+    ap.add_argument("--_eval", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    device = resolve_device(a.device)
-    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads, batch {a.batch_size}")
-    print(f"{'setting':<12} {'method':<14} {'req/s':>9} {'s/step':>8} {'GFLOP/s':>9} {'peak RSS MB':>12}"
-          + ("  util" if a.peak_tflops else "") + ("  peak CUDA MB" if device.type == "cuda" else ""))
+    if a._child:
+        r = measure(a.data_dir, *a._child, a.steps, a.warmup, a.batch_size, a.device,
+                    a.kernels if "--kernels" in sys.argv else None, a._eval)
+        print(json.dumps(r, default=float))
+        return 0
+    if not Path(a.data_dir).is_dir():
+        raise SystemExit(f"error: {a.data_dir}: no such data folder (generate it: python -m "
+                         "deep_components.data.synthetic --preset small --out data/synthetic/small)")
+    rows = []
     for setting in a.settings:
-        for method in a.methods:
-            r = bench(a.data_dir, setting, method, a.steps, a.warmup, a.batch_size, device)
-            line = (f"{setting:<12} {method:<14} {r['requests_per_s']:>9,.0f} {r['seconds_per_step']:>8.3f} "
-                    f"{r['model_gflops_per_s']:>9.1f} {r['peak_rss_mb']:>12,.0f}")
-            if a.peak_tflops:
-                line += f"  {r['model_gflops_per_s'] / (a.peak_tflops * 1e3):5.1%}"
-            if device.type == "cuda":
-                line += f"  {r['peak_cuda_mb']:>12,.0f}"
-            print(line, flush=True)
+        for i, method in enumerate(a.methods):
+            r = run_child(a, setting, method, with_eval=i == 0)
+            rows.append(r)
+            if len(rows) == 1:
+                import torch
+
+                print(f"repo {Path(a.repo).resolve()}, device {r['device']}, torch {torch.__version__}, "
+                      f"{r['threads']} threads, batch {a.batch_size}, {a.steps} steps after "
+                      f"{a.warmup} warm-up\nkernels: {r['kernels']}", flush=True)
+            print(f"{setting:<12} {method:<14} {r['requests_per_s']:>7,.0f} req/s  step "
+                  f"{r['seconds_per_step']:.3f} s = fwd {r['forward_s']:.3f} + loss {r['loss_s']:.3f} + "
+                  f"bwd {r['backward_s']:.3f} + opt {r['optimiser_s']:.3f} (+ batch {r['batch_s']:.3f})  "
+                  f"peak RSS {r['peak_rss_mb']:,.0f} MB"
+                  + (f"  eval {r['eval_requests_per_s']:,.0f} req/s" if "eval_requests_per_s" in r else ""),
+                  flush=True)
+    lines = table(rows, any("peak_cuda_mb" in r for r in rows))
+    print("\n".join(lines))
+    if a.out:
+        Path(a.out).write_text("\n".join(lines) + "\n")
     return 0
 
 

@@ -17,6 +17,7 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
     add_common_flags(ap)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from . import kernels
     from .distributed import context, init_distributed, shutdown
 
     try:
@@ -29,7 +30,8 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
 
             run_dir = train(cfg)
             if context().is_main:
-                print(f"trained {cfg.loss_type} ({setting}, run {cfg.run_id}) -> {run_dir}")
+                print(f"trained {cfg.loss_type} ({setting}, run {cfg.run_id}) -> {run_dir} "
+                      f"[kernels: {kernels.selected(short=True)}]")
         else:
             from .run_eval import evaluate_run, format_metrics
 

@@ -49,6 +49,7 @@ class RunConfig:
     skip_nonfinite: bool = False
     vocab: str = "compact"
     emb_optimizer: str = "adam"
+    kernels: str = "auto"
     overwrite: bool = False
     allow_train_day: bool = False
 
@@ -128,6 +129,10 @@ def add_common_flags(ap: argparse.ArgumentParser) -> None:
     o.add_argument("--emb_optimizer", default="adam", choices=["adam", "lazy_adam"],
                    help="adam: dense Adam over every row (the paper's recipe); lazy_adam: sparse "
                         "gradients, Adam's update on the rows a batch touches only")
+    o.add_argument("--kernels", default="auto", choices=["auto", "native", "torch"],
+                   help="CPU kernels of DIN's attention and the embedding gradients: native C++ "
+                        "(compiled on first use, cached), torch (pure PyTorch), auto (native when "
+                        "a compiler builds it, default); same values either way")
     r = ap.add_argument_group("robustness")
     r.add_argument("--ckpt_every", type=int, default=200,
                    help="save the full training state every N steps (and at every day's end); 0 = days only")
@@ -165,7 +170,7 @@ def config_from_args(a: argparse.Namespace, setting: str, for_test: bool = False
         print_freq=a.print_freq, tag=a.tag, max_steps=a.max_steps, progress=not a.no_progress,
         threads=a.threads, ckpt_every=a.ckpt_every, resume=a.resume,
         skip_nonfinite=a.skip_nonfinite, vocab=a.vocab, emb_optimizer=a.emb_optimizer,
-        overwrite=a.overwrite, allow_train_day=a.allow_train_day)
+        kernels=a.kernels, overwrite=a.overwrite, allow_train_day=a.allow_train_day)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -206,6 +211,8 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.mask_mode in ("true", "reference"), "--mask_mode must be true or reference")
     check_tz(cfg.tz)
     need(cfg.vocab in ("compact", "full"), f"--vocab must be compact or full, got {cfg.vocab!r}")
+    need(cfg.kernels in ("auto", "native", "torch"),
+         f"--kernels must be auto, native or torch, got {cfg.kernels!r}")
     need(cfg.emb_optimizer in ("adam", "lazy_adam"),
          f"--emb_optimizer must be adam or lazy_adam, got {cfg.emb_optimizer!r}")
     if cfg.emb_optimizer == "lazy_adam" and context().enabled and context().backend == "nccl":

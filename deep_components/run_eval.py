@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 
+from . import kernels
 from .cascade import get_spec
 from .config import RunConfig
 from .data import load_day, read_id_counts
@@ -37,6 +38,7 @@ def evaluate_run(cfg: RunConfig) -> dict:
         raise UsageError(f"{cfg_path}: not a run configuration of this program (missing {missing})")
     validate_eval(cfg, saved["train_days"])
     device = resolve_device(cfg.device)
+    kernels.select(cfg.kernels, device)
     spec = get_spec(saved["setting"])
     if spec.name != cfg.setting:
         raise UsageError(f"{run_dir} holds a {spec.name} run, not {cfg.setting}")

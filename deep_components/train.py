@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from . import kernels
 from .cascade import CascadeSpec, get_spec
 from .config import RunConfig
 from .data import batch_indices, default_split, list_days, load_day, read_id_counts, synthetic_info
@@ -302,6 +303,7 @@ def train(cfg: RunConfig) -> Path:
     ctx = context()
     spec = get_spec(cfg.setting)
     device = resolve_device(cfg.device)
+    kernels.select(cfg.kernels, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     root = Path(cfg.data_dir)
@@ -395,7 +397,8 @@ def _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, tes
                                     "loss_repr": repr(trainer.loss_fn), "world_size": ctx.world,
                                     "run_key": run_key}
         write_json(run_dir / "config.json", resolved)
-        write_json(run_dir / "env.json", environment(device) | {"world_size": ctx.world})
+        write_json(run_dir / "env.json", environment(device) | {"world_size": ctx.world,
+                                                                "kernels": kernels.selected()})
     ckpt_times: list[float] = []
 
     def checkpoint(day_index: int, next_batch: int) -> None:
@@ -439,6 +442,7 @@ def _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, tes
         "requests_per_s": round(done_requests / seconds, 1) if seconds > 0 else None,
         "skipped_nonfinite": trainer.skipped, "checkpoints": len(ckpt_times),
         "checkpoint_seconds": round(sum(ckpt_times), 3), "resumed": cfg.resume,
+        "kernels": kernels.selected(),
         "train_days": train_days})
     return run_dir
 

@@ -165,3 +165,43 @@ def test_build_is_cached(monkeypatch, tmp_path):
     monkeypatch.setattr(kernels, "_status", None)
     assert kernels.native_library() is not None
     assert built[0].stat().st_mtime_ns == stamp and "native C++" in kernels.describe()
+
+
+def test_runs_with_either_path_agree_and_say_which_ran(tiny_root, tmp_path, mode):
+    """Training with --kernels auto and torch: the same losses (up to float rounding), and the
+    run folder names the path that ran."""
+    import json
+
+    from deep_components.config import RunConfig
+    from deep_components.train import train
+
+    logs = {}
+    for k in ("auto", "torch"):
+        cfg = RunConfig(setting="two_stage", loss_type="lcron", batch_size=32, data_dir=str(tiny_root),
+                        run_dir=str(tmp_path / k), progress=False, device="cpu", max_steps=6,
+                        kernels=k)
+        run = train(cfg)
+        logs[k] = [json.loads(x)["loss"] for x in (run / "loss_log.jsonl").read_text().splitlines()]
+        env = json.loads((run / "env.json").read_text())
+        summary = json.loads((run / "train_summary.json").read_text())
+        assert env["kernels"] == summary["kernels"]
+        assert env["kernels"].startswith("native C++" if k == "auto" else "PyTorch (--kernels torch)")
+    assert len(logs["auto"]) == 6
+    assert logs["auto"] == pytest.approx(logs["torch"], rel=1e-4)
+
+
+def test_kernels_native_without_compiler_is_one_error_line(tiny_root, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {"PATH": str(tmp_path), "LCRON_KERNEL_DIR": str(tmp_path / "k"), "HOME": str(tmp_path)}
+    r = subprocess.run([sys.executable, "deep_components/run_train2.py", "--data_dir", str(tiny_root),
+                        "--run_dir", str(tmp_path / "run"), "--batch_size", "32", "--max_steps", "1",
+                        "--no_progress", "--device", "cpu", "--kernels", "native"],
+                       cwd=repo, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        "error: --kernels native: PyTorch fallback (no C++ compiler found ($CXX, c++, g++, clang++))"]
+    assert not (tmp_path / "run").exists()

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from ..runtime import UsageError
+
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.cpp")
@@ -39,9 +41,10 @@ _mode = "auto"
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
 _status: str | None = None          # why the native kernel is (not) in use, once tried
+_selected: str | None = None        # what the current run uses (select)
 
 
-class KernelError(RuntimeError):
+class KernelError(UsageError):
     """``--kernels native`` was asked for and the kernel cannot be built or loaded."""
 
 
@@ -152,12 +155,34 @@ def native_library() -> ctypes.CDLL | None:
     return _lib
 
 
-def describe() -> str:
-    """One line for the log: which path the attention and embedding gradients take on the CPU."""
+def _short(status: str) -> str:
+    return status.split("; ")[0] + ")" if status.startswith("native") else status
+
+
+def describe(short: bool = False) -> str:
+    """Which path DIN's attention and the embedding gradients take on the CPU, and why (short:
+    without the library's path)."""
     if _mode == "torch":
         return "PyTorch (--kernels torch)"
     native_library()
-    return _status or "PyTorch"
+    status = _status or "PyTorch"
+    return _short(status) if short else status
+
+
+def select(mode: str, device: torch.device) -> str:
+    """Apply ``--kernels`` for a run on ``device``; returns the line that says what runs (and
+    raises KernelError for ``native`` on a machine that cannot build the kernels)."""
+    global _selected
+    set_mode(mode)
+    _selected = (f"PyTorch ({device.type}: the native kernels are CPU only)"
+                 if device.type != "cpu" else describe())
+    log.info("kernels: %s", _selected)
+    return _selected
+
+
+def selected(short: bool = False) -> str | None:
+    """The line of the last :func:`select`, or None."""
+    return None if _selected is None else (_short(_selected) if short else _selected)
 
 
 def supports(t: torch.Tensor) -> bool:
