@@ -70,6 +70,12 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
     from deep_components.runtime import resolve_device
     from deep_components.train import batch_to_device, build_models, build_optimizers, forward_all
 
+    try:                                   # as the entry points do (older checkouts lack it)
+        from deep_components.runtime import keep_freed_memory
+
+        keep_freed_memory()
+    except ImportError:
+        pass
     device = resolve_device(device_name)
     kernel_line = "(no native kernels in this checkout)"
     if kernel_mode is not None:

@@ -19,6 +19,9 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from . import kernels
     from .distributed import context, init_distributed, shutdown
+    from .runtime import keep_freed_memory
+
+    keep_freed_memory()
 
     try:
         cfg = config_from_args(a, setting, for_test=action == "test")

@@ -8,6 +8,7 @@ first for the joint pass, then for each stage from the last to the first (METHOD
 """
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -61,20 +62,31 @@ def cascade_metrics(scores: Sequence[np.ndarray], labels: np.ndarray, mask: np.n
     mask = np.asarray(mask, dtype=bool)
     rs = np.random.RandomState(seed)
     blocks = [slice(a, min(a + batch_size, R)) for a in range(0, R, batch_size)]
-    joint = np.empty(R)
-    for sl in blocks:
-        joint[sl] = M.cascade_recall([s[sl] for s in scores], labels[sl], mask[sl], spec.quotas,
-                                     spec.gt_num, perm=rs.permutation(N))
+    # the tie-breaking permutations are drawn in the reference's order (joint recall block by
+    # block, then stage by stage from the last); the blocks are then computed in parallel
+    joint_perms = [rs.permutation(N) for _ in blocks]
+    stage_perms = {t: [rs.permutation(N) for _ in blocks] for t in reversed(range(spec.num_stages))}
+
+    def joint_block(i: int) -> np.ndarray:
+        sl = blocks[i]
+        return M.cascade_recall([s[sl] for s in scores], labels[sl], mask[sl], spec.quotas,
+                                spec.gt_num, perm=joint_perms[i])
+
+    def stage_block(t: int, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        sl, perm, st = blocks[i], stage_perms[t][i], spec.stages[t]
+        s, lab, m = scores[t][sl], labels[sl], mask[sl]
+        return (M.recall_at_k(s, lab, m, spec.gt_num, m=st.quota, perm=perm),
+                M.ndcg_at_k(s, lab, m, spec.gt_num, perm=perm), M.kendall_tau(s, lab, m))
+
+    with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:  # numpy frees the GIL
+        joint = np.concatenate(list(pool.map(joint_block, range(len(blocks))))) if blocks else np.empty(0)
+        per_stage = {t: list(pool.map(lambda i, t=t: stage_block(t, i), range(len(blocks))))
+                     for t in stage_perms}
     stages = {}
-    for t in reversed(range(spec.num_stages)):
+    for t, parts in per_stage.items():
         st = spec.stages[t]
-        rec, ndcg, tau = np.empty(R), np.empty(R), np.empty(R)
-        for sl in blocks:
-            perm = rs.permutation(N)
-            s, lab, m = scores[t][sl], labels[sl], mask[sl]
-            rec[sl] = M.recall_at_k(s, lab, m, spec.gt_num, m=st.quota, perm=perm)
-            ndcg[sl] = M.ndcg_at_k(s, lab, m, spec.gt_num, perm=perm)
-            tau[sl] = M.kendall_tau(s, lab, m)
+        rec, ndcg, tau = (np.concatenate([p[j] for p in parts]) if parts else np.empty(0)
+                          for j in range(3))
         ok = ~np.isnan(tau)
         stages[st.name] = {"quota": st.quota, "recall": float(rec.mean()),
                            "ndcg": float(ndcg.mean()),

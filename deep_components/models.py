@@ -106,7 +106,7 @@ def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
     for i in range(len(sizes) - 1):
         layers.append(nn.Linear(sizes[i], sizes[i + 1]))
         if i < len(sizes) - 2 or final_activation:
-            layers.append(nn.ReLU())
+            layers.append(nn.ReLU(inplace=True))  # after a Linear: its output is not needed again
     return nn.Sequential(*layers)
 
 

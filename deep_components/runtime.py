@@ -80,6 +80,26 @@ def git_commit() -> str | None:
         return None
 
 
+def keep_freed_memory() -> bool:
+    """Ask glibc's malloc to keep freed blocks for reuse instead of handing them back to the OS.
+
+    A training step allocates and frees tensors of tens of MB (a [1024 x 50, 128] activation is
+    26 MB); by default glibc serves such blocks with fresh mmaps, or trims them off the heap when
+    freed, so every step pays page faults to get them back.  A fixed mmap threshold of 256 MB
+    and a trim threshold of 1 GB keep them in the heap: the same values, less system time.
+    No-op (False) off glibc, or with ``LCRON_KEEP_FREED_MEMORY=0``."""
+    if os.environ.get("LCRON_KEEP_FREED_MEMORY", "1") == "0" or not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+        return bool(libc.mallopt(M_MMAP_THRESHOLD, 256 << 20) and libc.mallopt(M_TRIM_THRESHOLD, 1 << 30))
+    except (OSError, AttributeError):
+        return False
+
+
 def environment(device: torch.device) -> dict[str, Any]:
     import pandas
     import pyarrow

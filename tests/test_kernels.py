@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 
@@ -205,3 +206,26 @@ def test_kernels_native_without_compiler_is_one_error_line(tiny_root, tmp_path):
     assert r.stderr.strip().splitlines() == [
         "error: --kernels native: PyTorch fallback (no C++ compiler found ($CXX, c++, g++, clang++))"]
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_native_kendall_is_bit_identical(mode, dtype):
+    from deep_components import metrics as M
+
+    rng = np.random.default_rng(3)
+    R, N = 700, 50
+    s = (rng.integers(0, 6, (R, N)) if dtype == np.float64 else rng.normal(size=(R, N))).astype(dtype)
+    lab = rng.integers(0, 4, (R, N))
+    mask = rng.random((R, N)) < 0.8
+    mask[:3] = False                 # no valid slot
+    mask[3] = False
+    mask[3, 7] = True                # one valid slot
+    lab[4] = 2                       # constant labels
+    s[5, :] = np.nan                 # a NaN score
+    mode("torch")
+    ref = M.kendall_tau(s, lab, mask)
+    mode("native")
+    nat = M.kendall_tau(s, lab, mask)
+    assert np.array_equal(ref, nat, equal_nan=True)
+    assert np.isnan(nat[:6]).all() and not np.isnan(nat[6:]).any()
+    assert 0.05 < np.abs(nat[6:]).max() <= 1

@@ -1,8 +1,9 @@
 """Native CPU kernels, compiled on first use and loaded with ctypes.
 
 ``native.cpp`` holds DIN's fused attention scores (forward and backward of ``relu(q + h) · w``
-without the [B, N, H, D] hidden layer) and the dense gradient of an embedding lookup (the same
-additions in the same order as torch's, without its sort).  It is compiled once per machine with
+without the [B, N, H, D] hidden layer), the dense gradient of an embedding lookup (the same
+additions in the same order as torch's, without its sort) and Kendall's τ-b per request (the
+same integer counts as deep_components.metrics, without [R, N, N] temporaries).  It is compiled once per machine with
 the system C++ compiler (``$CXX``, else ``c++``/``g++``) at ``-O3 -march=native`` into a cache
 folder (``$LCRON_KERNEL_DIR``, else ``~/.cache/lcron/kernels``), keyed by the source, the
 compiler, the flags and the CPU, and then loaded in well under a second.  No compiler, a failed
@@ -33,7 +34,7 @@ from ..runtime import UsageError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.cpp")
-ABI = 2
+ABI = 3
 MODES = ("auto", "native", "torch")
 BASE_FLAGS = ["-O3", "-std=c++17", "-fopenmp-simd", "-shared", "-fPIC", "-pthread"]
 
@@ -133,6 +134,7 @@ def _load() -> ctypes.CDLL:
         getattr(lib, f"pair_attention_forward_{dt}").argtypes = [p] * 5 + [i64] * 4 + [c_int]
         getattr(lib, f"pair_attention_backward_{dt}").argtypes = [p] * 9 + [i64] * 4 + [c_int]
         getattr(lib, f"embedding_backward_{dt}").argtypes = [p] * 3 + [i64] * 4
+    lib.kendall_tau_rows.argtypes = [p] * 4 + [i64] * 2 + [c_int]
     global _status
     _status = f"native C++ ({version}; {path})"
     return lib
@@ -232,4 +234,17 @@ def embedding_backward(lib: ctypes.CDLL, grad: torch.Tensor, ids: torch.Tensor, 
     fn = lib.embedding_backward_f32 if grad.dtype == torch.float32 else lib.embedding_backward_f64
     fn(_ptr(ids), _ptr(grad), _ptr(out), ids.numel(), rows, dim,
        -1 if padding_idx is None else padding_idx)
+    return out
+
+
+def kendall_tau_rows(lib: ctypes.CDLL, s, lab, m):
+    """Kendall's τ-b per row of float64 scores and labels [R, N] over valid slots (bool mask)."""
+    import numpy as np
+
+    s = np.ascontiguousarray(s, dtype=np.float64)
+    lab = np.ascontiguousarray(lab, dtype=np.float64)
+    m = np.ascontiguousarray(m, dtype=np.bool_)
+    out = np.empty(s.shape[0])
+    lib.kendall_tau_rows(s.ctypes.data, lab.ctypes.data, m.ctypes.data, out.ctypes.data,
+                         s.shape[0], s.shape[1], torch.get_num_threads())
     return out

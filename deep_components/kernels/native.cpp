@@ -6,12 +6,15 @@
 //
 // 2. The dense gradient of an embedding lookup (scatter-add of the output gradient rows).
 //
+// 3. Kendall's tau-b per request (evaluation), the same integer counts as the NumPy form.
+//
 // Built at run time by deep_components/kernels/__init__.py (g++ -O3 -march=native, loaded with
 // ctypes); every function takes contiguous row-major arrays and a thread count, splits the
 // requests into contiguous ranges of about equal work and runs one std::thread per range.
 // The w gradient is summed per request first and then over requests in order, so results do not
 // depend on the thread count.
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <thread>
 #include <vector>
@@ -22,26 +25,68 @@ inline int64_t first_valid_row(const int64_t* len, int64_t b, int64_t H) {
   return H - std::min<int64_t>(std::max<int64_t>(len[b], 0), H);
 }
 
+// Per request, the valid history rows are transposed into hT [D, Lp] (Lp = L rounded up to
+// the vector width), so each candidate's L scores accumulate as one vector over rows, d by d:
+// no horizontal sums.  Each score is summed over d in order.
+// acc[j] = sum_d relu(qn[d] + hT[d, j]) * w[d] for j < Lp (rows of hT are Lp long).
+template <typename T, int64_t Lp>
+inline void score_rows(const T* __restrict__ qn, const T* __restrict__ hT, const T* __restrict__ w,
+                       int64_t D, T* __restrict__ out) {
+  T acc[Lp] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    const T qd = qn[d], wd = w[d];
+    const T* __restrict__ row = hT + d * Lp;
+#pragma omp simd
+    for (int64_t j = 0; j < Lp; ++j) {
+      const T x = qd + row[j];
+      acc[j] += (x > T(0) ? x : T(0)) * wd;
+    }
+  }
+  for (int64_t j = 0; j < Lp; ++j) out[j] = acc[j];
+}
+
+template <typename T>
+inline void score_rows_any(const T* __restrict__ qn, const T* __restrict__ hT,
+                           const T* __restrict__ w, int64_t D, int64_t Lp, T* __restrict__ acc) {
+  for (int64_t j = 0; j < Lp; ++j) acc[j] = T(0);
+  for (int64_t d = 0; d < D; ++d) {
+    const T qd = qn[d], wd = w[d];
+    const T* __restrict__ row = hT + d * Lp;
+#pragma omp simd
+    for (int64_t j = 0; j < Lp; ++j) {
+      const T x = qd + row[j];
+      acc[j] += (x > T(0) ? x : T(0)) * wd;
+    }
+  }
+}
+
 template <typename T>
 void forward_range(const T* __restrict__ q, const T* __restrict__ h, const T* __restrict__ w,
                    const int64_t* len, T* __restrict__ out, int64_t b0, int64_t b1, int64_t N,
                    int64_t H, int64_t D) {
+  constexpr int64_t kWidth = 64 / sizeof(T);
+  std::vector<T> hT_buf(D * ((H + kWidth - 1) / kWidth) * kWidth), acc_buf(H + kWidth);
   for (int64_t b = b0; b < b1; ++b) {
     const int64_t r0 = first_valid_row(len, b, H);
+    const int64_t L = H - r0;
+    const int64_t Lp = (L + kWidth - 1) / kWidth * kWidth;
+    T* __restrict__ hT = hT_buf.data();
+    for (int64_t d = 0; d < D; ++d) {
+      for (int64_t j = 0; j < L; ++j) hT[d * Lp + j] = h[(b * H + r0 + j) * D + d];
+      for (int64_t j = L; j < Lp; ++j) hT[d * Lp + j] = T(0);
+    }
     for (int64_t n = 0; n < N; ++n) {
-      const T* __restrict__ qn = q + (b * N + n) * D;
+      T* __restrict__ acc = acc_buf.data();
+      switch (Lp / kWidth) {       // fixed sizes keep the accumulators in registers
+        case 1: score_rows<T, kWidth>(q + (b * N + n) * D, hT, w, D, acc); break;
+        case 2: score_rows<T, 2 * kWidth>(q + (b * N + n) * D, hT, w, D, acc); break;
+        case 3: score_rows<T, 3 * kWidth>(q + (b * N + n) * D, hT, w, D, acc); break;
+        case 4: score_rows<T, 4 * kWidth>(q + (b * N + n) * D, hT, w, D, acc); break;
+        default: score_rows_any(q + (b * N + n) * D, hT, w, D, Lp, acc);
+      }
       T* __restrict__ o = out + (b * N + n) * H;
       for (int64_t r = 0; r < r0; ++r) o[r] = T(0);
-      for (int64_t r = r0; r < H; ++r) {
-        const T* __restrict__ hr = h + (b * H + r) * D;
-        T s = T(0);
-#pragma omp simd reduction(+ : s)
-        for (int64_t d = 0; d < D; ++d) {
-          const T x = qn[d] + hr[d];
-          s += (x > T(0) ? x : T(0)) * w[d];
-        }
-        o[r] = s;
-      }
+      for (int64_t j = 0; j < L; ++j) o[r0 + j] = acc[j];
     }
   }
 }
@@ -141,11 +186,52 @@ void embedding_backward(const int64_t* idx, const T* __restrict__ grad, T* __res
   }
 }
 
+// Kendall's tau-b of each row over its valid slots (NaN: fewer than two, constant scores or
+// labels, or a NaN score): the integer counts of deep_components.metrics, pair by pair.
+void kendall_rows(const double* s, const double* lab, const uint8_t* m, double* out, int64_t r0,
+                  int64_t r1, int64_t N) {
+  std::vector<int64_t> idx(N);
+  for (int64_t r = r0; r < r1; ++r) {
+    const double* sr = s + r * N;
+    const double* lr = lab + r * N;
+    int64_t nv = 0;
+    bool nan = false;
+    for (int64_t i = 0; i < N; ++i)
+      if (m[r * N + i]) {
+        idx[nv++] = i;
+        nan |= sr[i] != sr[i];
+      }
+    int64_t S = 0, tie_s = 0, tie_l = 0;
+    for (int64_t a = 0; a < nv; ++a) {
+      const double si = sr[idx[a]], li = lr[idx[a]];
+      for (int64_t b = a + 1; b < nv; ++b) {
+        const double sj = sr[idx[b]], lj = lr[idx[b]];
+        const int ds = (si > sj) - (si < sj), dl = (li > lj) - (li < lj);
+        S += ds * dl;
+        tie_s += ds == 0;
+        tie_l += dl == 0;
+      }
+    }
+    const int64_t n0 = nv * (nv - 1) / 2;
+    const double denom = std::sqrt(double((n0 - tie_s) * (n0 - tie_l)));
+    out[r] = (denom > 0 && !nan) ? double(S) / denom : std::nan("");
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-int lcron_kernel_abi() { return 2; }
+void kendall_tau_rows(const double* s, const double* lab, const uint8_t* m, double* out, int64_t R,
+                      int64_t N, int threads) {
+  std::vector<int64_t> cuts{0};
+  for (int t = 1; t < threads; ++t)
+    if (R * t / threads > cuts.back()) cuts.push_back(R * t / threads);
+  cuts.push_back(R);
+  run_ranges(cuts, [=](int64_t a, int64_t b) { kendall_rows(s, lab, m, out, a, b, N); });
+}
+
+int lcron_kernel_abi() { return 3; }
 
 void pair_attention_forward_f32(const float* q, const float* h, const float* w, const int64_t* len,
                                 float* out, int64_t B, int64_t N, int64_t H, int64_t D,
