@@ -29,22 +29,6 @@ inline int64_t first_valid_row(const int64_t* len, int64_t b, int64_t H) {
 // the vector width), so each candidate's L scores accumulate as one vector over rows, d by d:
 // no horizontal sums.  Each score is summed over d in order.
 // acc[j] = sum_d relu(qn[d] + hT[d, j]) * w[d] for j < Lp (rows of hT are Lp long).
-template <typename T, int64_t Lp>
-inline void score_rows(const T* __restrict__ qn, const T* __restrict__ hT, const T* __restrict__ w,
-                       int64_t D, T* __restrict__ out) {
-  T acc[Lp] = {};
-  for (int64_t d = 0; d < D; ++d) {
-    const T qd = qn[d], wd = w[d];
-    const T* __restrict__ row = hT + d * Lp;
-#pragma omp simd
-    for (int64_t j = 0; j < Lp; ++j) {
-      const T x = qd + row[j];
-      acc[j] += (x > T(0) ? x : T(0)) * wd;
-    }
-  }
-  for (int64_t j = 0; j < Lp; ++j) out[j] = acc[j];
-}
-
 template <typename T>
 inline void score_rows_any(const T* __restrict__ qn, const T* __restrict__ hT,
                            const T* __restrict__ w, int64_t D, int64_t Lp, T* __restrict__ acc) {
@@ -58,6 +42,15 @@ inline void score_rows_any(const T* __restrict__ qn, const T* __restrict__ hT,
       acc[j] += (x > T(0) ? x : T(0)) * wd;
     }
   }
+}
+
+// The same with Lp known at compile time: the accumulators stay in registers.
+template <typename T, int64_t Lp>
+inline void score_rows(const T* __restrict__ qn, const T* __restrict__ hT, const T* __restrict__ w,
+                       int64_t D, T* __restrict__ out) {
+  T acc[Lp];
+  score_rows_any(qn, hT, w, D, Lp, acc);
+  for (int64_t j = 0; j < Lp; ++j) out[j] = acc[j];
 }
 
 template <typename T>
