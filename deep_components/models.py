@@ -142,7 +142,8 @@ def user_input(emb: FeatureEmbeddings, context: Tensor, history: Tensor,
 
 
 class DSSM(nn.Module):
-    """Two towers and an inner product (retrieval)."""
+    """Two towers and an inner product (retrieval): ``user_vectors`` · ``item_vectors``, the
+    split that serving over a catalogue uses (deep_components.serve)."""
 
     def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128, **emb):
         super().__init__()
@@ -150,11 +151,18 @@ class DSSM(nn.Module):
         self.user_tower = mlp([13 * dim, units, 64, 32])
         self.item_tower = mlp([8 * dim, units, 64, 32])
 
+    def user_vectors(self, context: Tensor, history: Tensor, history_mask: Tensor) -> Tensor:
+        """context [B, 8], history [B, H, 5], history_mask [B, H] -> [B, 32]."""
+        return self.user_tower(user_input(self.emb, context, history, history_mask))
+
+    def item_vectors(self, items: Tensor) -> Tensor:
+        """items [..., 8] -> [..., 32]; the score of a pair is the inner product of the two."""
+        return self.item_tower(torch.cat([self.emb.item(items), self.emb.upload_time(items)], dim=-1))
+
     def forward(self, context: Tensor, history: Tensor, history_mask: Tensor,
                 items: Tensor) -> Tensor:
-        u = self.user_tower(user_input(self.emb, context, history, history_mask))       # [B, 32]
-        x = torch.cat([self.emb.item(items), self.emb.upload_time(items)], dim=-1)       # [B, N, 64]
-        return torch.einsum("bd,bnd->bn", u, self.item_tower(x))
+        u = self.user_vectors(context, history, history_mask)                           # [B, 32]
+        return torch.einsum("bd,bnd->bn", u, self.item_vectors(items))                   # [B, N]
 
 
 class MLP(nn.Module):

@@ -1,0 +1,296 @@
+"""Serve a trained cascade over the whole catalogue, and measure what survives each stage.
+
+    python -m deep_components.serve --run_dir RUN [RUN ...] [--data_dir D] [--day DATE]
+        [--keep 500 100 10] [--index exact|hnsw] [--device cpu] [--max_requests N]
+
+For each request: the retrieval tower (DSSM) scores the whole catalogue (deep_components.data.
+catalogue) through a faiss inner-product index of its item vectors and keeps its top K1; each
+later tower rescores only what the stage before kept and keeps its top K_{t+1}; the last keep is
+the recommendation.  ``--index exact`` is faiss's flat inner-product index (the same top-K as
+scoring every video with the tower); ``hnsw`` an approximate graph index, whose recall@K1 against
+the exact one is reported.  On a CUDA device, with faiss-gpu installed, the index lives on the GPU.
+
+Full-catalogue evaluation of a day: per request with positives (the first group of the spec:
+``rank_pos`` two-stage, ``rerank_pos`` three-stage), the share of its positive videos kept by
+each stage and the share in the final top ``keep[-1]``, averaged over those requests.  Written to
+``<run>/catalogue_metrics.json``; several runs print a table of mean ± std per method.
+
+Library:  ``cascade = Cascade.from_run(run_dir)``; ``cascade.recommend(context, history,
+history_mask, keep=(500, 10))`` -> per stage, catalogue rows [B, K_t]; ``cascade.video_ids(rows)``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .cascade import CascadeSpec, get_spec
+from .data import load_day
+from .data.catalogue import Catalogue, load_catalogue
+from .data.errors import DataError
+from .data.vocab import LOCATIONS, Vocabulary
+from .runtime import UsageError, read_json, resolve_device, write_json
+
+INDEXES = ("exact", "hnsw")
+#: HNSW graph degree and search breadth (faiss's M and efSearch)
+HNSW_M, HNSW_EF_SEARCH = 32, 256
+
+
+def _faiss():
+    try:
+        import faiss
+    except ImportError:
+        raise UsageError("serving needs faiss: pip install faiss-cpu (or faiss-gpu on a CUDA "
+                         "host)") from None
+    return faiss
+
+
+def build_index(vectors: np.ndarray, kind: str = "exact", device: torch.device | None = None):
+    """A faiss inner-product index over float32 vectors [V, d]."""
+    faiss = _faiss()
+    if kind not in INDEXES:
+        raise UsageError(f"--index must be one of {INDEXES}, got {kind!r}")
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    d = vectors.shape[1]
+    if kind == "exact":
+        index = faiss.IndexFlatIP(d)
+    else:
+        index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    if (device is not None and device.type == "cuda" and kind == "exact"
+            and hasattr(faiss, "StandardGpuResources")):
+        index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, index)
+    index.add(vectors)
+    return index
+
+
+def check_keep(keep: Sequence[int], spec: CascadeSpec, catalogue_size: int) -> tuple[int, ...]:
+    keep = tuple(int(k) for k in keep)
+    if len(keep) != spec.num_stages:
+        raise UsageError(f"--keep needs one value per stage of {spec.name} ({spec.num_stages}: "
+                         f"{', '.join(spec.stage_names)}), got {len(keep)}")
+    if any(k < 1 for k in keep) or any(b >= a for a, b in zip(keep, keep[1:])):
+        raise UsageError(f"--keep must be positive and strictly decreasing, got {list(keep)}")
+    if keep[0] > catalogue_size:
+        raise UsageError(f"--keep {keep[0]} is more than the catalogue's {catalogue_size} videos")
+    return keep
+
+
+def _tower_items(catalogue: Catalogue, vocab: Vocabulary | None) -> np.ndarray:
+    """The catalogue's item rows as the towers read them (compact vocabulary rows)."""
+    items = np.array(catalogue.items, dtype=np.int64, copy=True)
+    if vocab is not None:
+        for field, places in LOCATIONS.items():
+            for name, col in places:
+                if name == "items":
+                    items[:, col] = vocab.map_ids(field, items[:, col])[0]
+    return items
+
+
+class Cascade:
+    """A trained cascade over a catalogue: towers in stage order, the catalogue, its index."""
+
+    def __init__(self, models, spec: CascadeSpec, catalogue: Catalogue, vocab: Vocabulary | None,
+                 device: torch.device, index: str = "exact", batch_size: int = 65_536):
+        self.models = [m.eval() for m in models]
+        self.spec, self.catalogue, self.vocab, self.device = spec, catalogue, vocab, device
+        self.items = torch.from_numpy(_tower_items(catalogue, vocab))          # [V, 8]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            vecs = [self.models[0].item_vectors(self.items[a:a + batch_size].to(device)).float().cpu()
+                    for a in range(0, len(catalogue), batch_size)]
+        self.item_vectors = torch.cat(vecs).numpy()                             # [V, 32]
+        self.vector_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.index_kind = index
+        self.index = build_index(self.item_vectors, index, device)
+        self.index_seconds = time.perf_counter() - t0
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, data_dir: str | None = None, device: str = "cpu",
+                 index: str = "exact", cache_dir: str | None = None) -> "Cascade":
+        """The cascade of a trained run folder; its catalogue is built from the run's days
+        (training days and test day) of ``data_dir`` (default: the run's own data folder)."""
+        from .run_eval import _check_data_fits
+        from .train import load_towers
+
+        run_dir = Path(run_dir)
+        cfg_path = run_dir / "config.json"
+        if not cfg_path.is_file():
+            raise UsageError(f"{cfg_path}: not a run folder (no config.json); train first")
+        saved = read_json(cfg_path)
+        spec = get_spec(saved["setting"])
+        dev = resolve_device(device)
+        data_dir = data_dir or saved["data_dir"]
+        if not Path(data_dir).is_dir():
+            raise UsageError(f"{data_dir}: the data folder of {run_dir} is not there; pass --data_dir")
+        models, meta, vocab = load_towers(run_dir, dev)
+        _check_data_fits(run_dir, meta["id_counts"], data_dir, saved["data_dir"])
+        days = [d for d in list(saved["train_days"]) + [saved.get("test_day")] if d]
+        cat = load_catalogue(data_dir, days, spec, saved.get("tz", "Asia/Shanghai"),
+                             cache_dir=cache_dir, history_len=saved.get("seq_len", 50))
+        out = cls(models, spec, cat, vocab, dev, index)
+        out.run_dir, out.saved, out.data_dir, out.cache_dir = run_dir, saved, str(data_dir), cache_dir
+        return out
+
+    def video_ids(self, rows: np.ndarray) -> np.ndarray:
+        """Raw video ids of catalogue rows (-1 stays -1)."""
+        rows = np.asarray(rows)
+        return np.where(rows >= 0, self.catalogue.video_ids[np.maximum(rows, 0)] - 1, -1)
+
+    def _inputs(self, context, history, history_mask) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.as_tensor(np.array(x, copy=True)).to(self.device)
+                     for x in (context, history, history_mask))
+
+    @torch.no_grad()
+    def user_vectors(self, context, history, history_mask) -> np.ndarray:
+        """float32 [B, 32]: the retrieval tower's user vectors (the index's queries)."""
+        u = self.models[0].user_vectors(*self._inputs(context, history, history_mask))
+        return np.ascontiguousarray(u.float().cpu().numpy())
+
+    @torch.no_grad()
+    def recommend(self, context, history, history_mask, keep: Sequence[int]) -> list[np.ndarray]:
+        """Per stage, the catalogue rows it keeps, best first: [B, keep[t]] int64.
+
+        Inputs as the towers read them (compact vocabulary rows, e.g. a day after
+        ``vocab.apply``): context [B, 8], history [B, H, 5], history_mask [B, H]."""
+        keep = check_keep(keep, self.spec, len(self.catalogue))
+        dev = self.device
+        ctx, hist, hmask = self._inputs(context, history, history_mask)
+        u = self.models[0].user_vectors(ctx, hist, hmask).float().cpu().numpy()
+        _, rows = self.index.search(np.ascontiguousarray(u), keep[0])          # [B, K1]
+        out = [rows.astype(np.int64)]
+        for t in range(1, len(keep)):
+            prev = torch.from_numpy(out[-1])
+            items = self.items[prev.clamp(min=0)].to(dev)                       # [B, K_t, 8]
+            scores = self.models[t](ctx, hist, hmask, items).float().cpu()
+            scores[prev < 0] = -float("inf")                                   # fewer than K found
+            top = torch.topk(scores, keep[t], dim=1).indices                    # [B, K_{t+1}]
+            out.append(torch.gather(prev, 1, top).numpy())
+        return out
+
+
+def positives(day, spec: CascadeSpec) -> np.ndarray:
+    """Shifted video ids of each request's positive slots (first group), 0 where padded:
+    [R, group_size]."""
+    sl = spec.group_slice(spec.groups[0])
+    ids = np.asarray(day.items)[:, sl, 0].astype(np.int64)
+    return np.where(np.asarray(day.item_mask)[:, sl], ids, 0)
+
+
+def evaluate_catalogue(cascade: Cascade, day, keep: Sequence[int], batch_size: int = 256,
+                       max_requests: int | None = None, compare_exact: bool = False) -> dict:
+    """Shares of each request's positives kept by each stage over the whole catalogue.
+
+    ``day``: the raw DayData (shifted ids); the towers get it through the run's vocabulary."""
+    keep = check_keep(keep, cascade.spec, len(cascade.catalogue))
+    R = day.num_requests if max_requests is None else min(max_requests, day.num_requests)
+    if R == 0:
+        raise DataError(f"day {day.date}: no requests to serve")
+    pos_rows = cascade.catalogue.rows_of(positives(day, cascade.spec)[:R])    # [R, P], -1 padded
+    pos_rows[positives(day, cascade.spec)[:R] == 0] = -1
+    mapped = cascade.vocab.apply(day) if cascade.vocab is not None else day
+    exact = build_index(cascade.item_vectors, "exact") if compare_exact else None
+    survived = np.zeros((R, len(keep)))
+    overlap = []
+    t0 = time.perf_counter()
+    for a in range(0, R, batch_size):
+        b = min(a + batch_size, R)
+        kept = cascade.recommend(mapped.context[a:b], mapped.history[a:b], mapped.history_mask[a:b], keep)
+        pr = pos_rows[a:b]
+        npos = np.maximum((pr >= 0).sum(1), 1)
+        for t, rows in enumerate(kept):
+            hit = (pr[:, :, None] == rows[:, None, :]).any(-1) & (pr >= 0)
+            survived[a:b, t] = hit.sum(1) / npos
+        if exact is not None:
+            u = cascade.user_vectors(mapped.context[a:b], mapped.history[a:b], mapped.history_mask[a:b])
+            _, ex = exact.search(u, keep[0])
+            overlap += [len(set(x) & set(y)) / keep[0] for x, y in zip(ex, kept[0])]
+    seconds = time.perf_counter() - t0
+    has = (pos_rows >= 0).any(1)
+    out = {"day": day.date, "keep": list(keep), "index": cascade.index_kind,
+           "catalogue_videos": len(cascade.catalogue), "requests": int(R),
+           "requests_with_positives": int(has.sum()),
+           "survival": {st: float(survived[has, t].mean()) if has.any() else float("nan")
+                        for t, st in enumerate(cascade.spec.stage_names)},
+           "final_top": keep[-1], "requests_per_s": R / seconds if seconds > 0 else None}
+    out["final"] = out["survival"][cascade.spec.stage_names[-1]]
+    if exact is not None:
+        out["index_recall_vs_exact"] = float(np.mean(overlap))
+    return out
+
+
+def _table(results: list[dict]) -> list[str]:
+    by: dict[str, list[dict]] = {}
+    for r in results:
+        by.setdefault(r["method"], []).append(r)
+    stages = list(results[0]["survival"])
+    lines = ["| method | " + " | ".join(f"kept by {s}" for s in stages) + " | runs |",
+             "|---|" + "---|" * (len(stages) + 1)]
+    for m, rs in by.items():
+        cells = []
+        for s in stages:
+            v = np.array([r["survival"][s] for r in rs])
+            cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {len(rs)} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .parsing import OneLineParser
+
+    ap = OneLineParser(prog="python -m deep_components.serve",
+                       description="Serve trained cascades over the whole catalogue of a dataset.")
+    ap.add_argument("--run_dir", nargs="+", required=True, help="trained run folder(s)")
+    ap.add_argument("--data_dir", default=None, help="dataset (default: each run's own)")
+    ap.add_argument("--cache_dir", default=None)
+    ap.add_argument("--day", default=None, help="day to serve (default: the run's test day)")
+    ap.add_argument("--keep", nargs="+", type=int, default=None,
+                    help="videos kept by each stage, decreasing (default: 500 100 10 three-stage, "
+                         "500 10 two-stage)")
+    ap.add_argument("--index", default="exact", choices=INDEXES)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch_size", type=int, default=256, help="requests per batch")
+    ap.add_argument("--max_requests", type=int, default=None, help="serve only the first N")
+    a = ap.parse_args(argv)
+    try:
+        results = []
+        for run in a.run_dir:
+            t0 = time.perf_counter()
+            cascade = Cascade.from_run(run, a.data_dir, a.device, a.index, a.cache_dir)
+            build = time.perf_counter() - t0
+            keep = a.keep or ([500, 10] if cascade.spec.num_stages == 2 else [500, 100, 10])
+            check_keep(keep, cascade.spec, len(cascade.catalogue))
+            day_name = a.day or cascade.saved["test_day"]
+            day = load_day(cascade.data_dir, day_name, cascade.spec, cascade.saved.get("tz", "Asia/Shanghai"),
+                           cache_dir=a.cache_dir, history_len=cascade.saved.get("seq_len", 50))
+            r = evaluate_catalogue(cascade, day, keep, a.batch_size, a.max_requests,
+                                   compare_exact=a.index != "exact")
+            r.update({"method": cascade.saved["loss_type"], "run_id": cascade.saved["run_id"],
+                      "run_key": cascade.saved.get("run_key"), "setup_seconds": round(build, 3),
+                      "item_vector_seconds": round(cascade.vector_seconds, 3),
+                      "index_seconds": round(cascade.index_seconds, 3)})
+            write_json(Path(run) / "catalogue_metrics.json", r)
+            print(f"{r['method']} run {r['run_id']} ({cascade.spec.name}, {day_name}, "
+                  f"{r['catalogue_videos']:,} videos, keep {keep}, {a.index}): "
+                  + ", ".join(f"kept by {s} {v:.4f}" for s, v in r["survival"].items())
+                  + (f", index recall@{keep[0]} vs exact {r['index_recall_vs_exact']:.4f}"
+                     if "index_recall_vs_exact" in r else ""), flush=True)
+            results.append(r)
+        if len(results) > 1:
+            print("\n".join(_table(results)))
+    except (DataError, UsageError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

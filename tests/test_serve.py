@@ -1,0 +1,127 @@
+"""Serving over the catalogue (deep_components.serve): the catalogue's latest features, the exact
+index against brute-force tower scores, the cascade as a composition of per-stage top-k, the
+approximate index's recall, and one-line errors."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("faiss")
+
+from deep_components.cascade import get_spec  # noqa: E402
+from deep_components.config import RunConfig  # noqa: E402
+from deep_components.data import list_days, load_day  # noqa: E402
+from deep_components.data.catalogue import catalogue_of_days  # noqa: E402
+from deep_components.serve import Cascade, evaluate_catalogue  # noqa: E402
+from deep_components.train import train  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_root, tmp_path_factory):
+    out = {}
+    for setting in ("two_stage", "three_stage"):
+        cfg = RunConfig(setting=setting, loss_type="lcron", batch_size=32, data_dir=str(tiny_root),
+                        run_dir=str(tmp_path_factory.mktemp("serve") / setting), progress=False,
+                        device="cpu", max_steps=10)
+        out[setting] = train(cfg)
+    return out
+
+
+def test_catalogue_holds_every_candidate_with_its_latest_features(tiny_root):
+    spec = get_spec("two_stage")
+    days = [load_day(tiny_root, d, spec) for d in list_days(tiny_root)]
+    cat = catalogue_of_days(days)
+    latest = {}
+    for day in days:                               # brute force: the last slot of each video wins
+        items, mask = np.asarray(day.items), np.asarray(day.item_mask)
+        for r in range(items.shape[0]):
+            for n in range(items.shape[1]):
+                if mask[r, n]:
+                    latest[int(items[r, n, 0])] = items[r, n].tolist()
+    assert sorted(latest) == cat.video_ids.tolist()
+    for row in cat.items:
+        assert row.tolist() == latest[int(row[0])]
+    assert (cat.rows_of(cat.video_ids[[5, 0, 7]]) == [5, 0, 7]).all()
+    assert cat.rows_of(np.array([10**9]))[0] == -1
+
+
+@pytest.mark.parametrize("setting", ["two_stage", "three_stage"])
+def test_exact_index_and_stage_composition(runs, tiny_root, setting):
+    cascade = Cascade.from_run(runs[setting])
+    spec = cascade.spec
+    keep = (60, 10) if spec.num_stages == 2 else (60, 25, 10)
+    day = cascade.vocab.apply(load_day(tiny_root, cascade.saved["test_day"], spec))
+    B = 16
+    ctx, hist, hmask = (torch.from_numpy(np.array(x[:B])) for x in (day.context, day.history,
+                                                                      day.history_mask))
+    kept = cascade.recommend(ctx, hist, hmask, keep)
+    assert [k.shape for k in kept] == [(B, k) for k in keep]
+    with torch.no_grad():
+        u = cascade.models[0].user_vectors(ctx, hist, hmask)                       # [B, 32]
+        brute = u @ cascade.models[0].item_vectors(cascade.items).T               # [B, V]
+    # the exact index keeps the K1 best videos of the whole catalogue
+    kth = torch.topk(brute, keep[0], dim=1).values[:, -1:]
+    got = torch.gather(brute, 1, torch.from_numpy(kept[0]))
+    assert (got >= kth - 1e-4).all()
+    assert torch.allclose(got, torch.topk(brute, keep[0], dim=1).values, atol=1e-4)
+    # each later stage is its tower's top K among what the stage before kept
+    for t in range(1, spec.num_stages):
+        prev = torch.from_numpy(kept[t - 1])
+        with torch.no_grad():
+            s = cascade.models[t](ctx, hist, hmask, cascade.items[prev])
+        want = torch.gather(prev, 1, torch.topk(s, keep[t], dim=1).indices)
+        assert torch.equal(torch.from_numpy(kept[t]), want)
+        assert all(set(a) <= set(b) for a, b in zip(kept[t], kept[t - 1]))
+
+
+def test_approximate_index_recall_is_reported(runs, tiny_root):
+    cascade = Cascade.from_run(runs["two_stage"], index="hnsw")
+    day = load_day(tiny_root, cascade.saved["test_day"], cascade.spec)
+    r = evaluate_catalogue(cascade, day, (60, 10), max_requests=64, compare_exact=True)
+    assert r["index"] == "hnsw" and r["requests"] == 64
+    assert 0.5 <= r["index_recall_vs_exact"] <= 1.0             # reported, floor only
+    assert 0 <= r["survival"]["prerank"] <= r["survival"]["retrieval"] <= 1
+
+
+def test_cli_writes_metrics_and_rejects_bad_keep(runs, tmp_path):
+    run = runs["three_stage"]
+    cmd = [sys.executable, "-m", "deep_components.serve", "--run_dir", str(run), "--keep", "80",
+           "30", "10", "--max_requests", "40"]
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-1500:]
+    m = json.loads((run / "catalogue_metrics.json").read_text())
+    assert m["requests"] == 40 and list(m["survival"]) == ["retrieval", "prerank", "rank"]
+    assert m["final"] == m["survival"]["rank"]
+    for keep, msg in [(["80", "10"], "--keep needs one value per stage of three_stage (3"),
+                      (["80", "90", "10"], "--keep must be positive and strictly decreasing"),
+                      (["10**9", "1", "0"], "invalid int value")]:
+        r = subprocess.run(cmd[:6] + keep, cwd=REPO, capture_output=True, text=True, timeout=300)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert msg in r.stderr
+
+
+def test_run_of_another_dataset_is_one_error_line(runs, tmp_path):
+    from deep_components.data.synthetic import generate, preset_params
+
+    other = tmp_path / "other"
+    generate(other, preset_params("tiny", videos=333), seed=1, preset="tiny", verbose=False)
+    r = subprocess.run([sys.executable, "-m", "deep_components.serve", "--run_dir",
+                        str(runs["two_stage"]), "--data_dir", str(other)], cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "trained on another dataset" in r.stderr
+
+
+def test_a_day_without_requests_is_refused(runs, tiny_root):
+    cascade = Cascade.from_run(runs["two_stage"])
+    day = load_day(tiny_root, cascade.saved["test_day"], cascade.spec)
+    with pytest.raises(Exception, match="no requests to serve"):
+        evaluate_catalogue(cascade, day, (60, 10), max_requests=0)
