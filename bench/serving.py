@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deep_components.data import load_day  # noqa: E402
-from deep_components.serve import Cascade  # noqa: E402
+from deep_components.serve import Cascade, build_index  # noqa: E402
 
 
 def main() -> int:
@@ -34,8 +34,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
-    lines = ["| data | setting | index | videos | catalogue + vectors + index s | batch | req/s | "
-             "p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| data | setting | index | videos | catalogue + vectors + index s | recall@K1 vs exact | "
+             "batch | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|---|---|---|---|---|"]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {a.device}")
     for run in a.run_dir:
         for kind in a.indexes:
@@ -46,6 +46,13 @@ def main() -> int:
             day = load_day(c.data_dir, c.saved["test_day"], c.spec)
             day = c.vocab.apply(day) if c.vocab is not None else day
             data = Path(c.data_dir).name
+            recall = "1 (exact)"
+            if kind != "exact":                  # the approximate index against the exact one
+                n = min(a.requests, day.num_requests)
+                u = c.user_vectors(day.context[:n], day.history[:n], day.history_mask[:n])
+                _, ex = build_index(c.item_vectors, "exact").search(u, keep[0])
+                _, ap_ = c.index.search(u, keep[0])
+                recall = f"{np.mean([len(set(x) & set(y)) / keep[0] for x, y in zip(ex, ap_)]):.4f}"
             for bs in a.batches:
                 n = min(a.requests, day.num_requests)
                 calls = []
@@ -59,7 +66,7 @@ def main() -> int:
                 served = len(calls) * bs
                 p50, p99 = (np.percentile(calls, q) * 1e3 for q in (50, 99))
                 line = (f"| {data} | {c.spec.name} | {kind} | {len(c.catalogue):,} | {setup:.1f} "
-                        f"(vectors {c.vector_seconds:.1f}, index {c.index_seconds:.1f}) | {bs} | "
+                        f"(vectors {c.vector_seconds:.1f}, index {c.index_seconds:.1f}) | {recall} | {bs} | "
                         f"{served / total:,.0f} | {p50:.1f} | {p99:.1f} |")
                 print(line, flush=True)
                 lines.append(line)

@@ -143,8 +143,8 @@ class Cascade:
         return np.where(rows >= 0, self.catalogue.video_ids[np.maximum(rows, 0)] - 1, -1)
 
     def _inputs(self, context, history, history_mask) -> tuple[torch.Tensor, ...]:
-        return tuple(torch.as_tensor(np.array(x, copy=True)).to(self.device)
-                     for x in (context, history, history_mask))
+        return tuple((x if isinstance(x, torch.Tensor) else torch.from_numpy(np.array(x, copy=True)))
+                     .to(self.device) for x in (context, history, history_mask))
 
     @torch.no_grad()
     def user_vectors(self, context, history, history_mask) -> np.ndarray:

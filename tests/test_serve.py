@@ -53,6 +53,20 @@ def test_catalogue_holds_every_candidate_with_its_latest_features(tiny_root):
     assert cat.rows_of(np.array([10**9]))[0] == -1
 
 
+def test_catalogue_is_cached(tiny_copy):
+    from deep_components.data.catalogue import load_catalogue
+
+    spec = get_spec("three_stage")
+    days = list_days(tiny_copy)
+    first = load_catalogue(tiny_copy, days, spec, "Asia/Shanghai")
+    entries = list((tiny_copy / ".lcron_cache" / "three_stage" / "catalogue").iterdir())
+    assert len(entries) == 1 and (entries[0] / "items.npy").is_file()
+    stamp = (entries[0] / "items.npy").stat().st_mtime_ns
+    again = load_catalogue(tiny_copy, days, spec, "Asia/Shanghai")
+    assert np.array_equal(first.items, again.items) and len(first) > 100
+    assert (entries[0] / "items.npy").stat().st_mtime_ns == stamp      # read, not rebuilt
+
+
 @pytest.mark.parametrize("setting", ["two_stage", "three_stage"])
 def test_exact_index_and_stage_composition(runs, tiny_root, setting):
     cascade = Cascade.from_run(runs[setting])
