@@ -96,12 +96,13 @@ def test_exact_index_and_stage_composition(runs, tiny_root, setting):
         assert all(set(a) <= set(b) for a, b in zip(kept[t], kept[t - 1]))
 
 
-def test_approximate_index_recall_is_reported(runs, tiny_root):
-    cascade = Cascade.from_run(runs["two_stage"], index="hnsw")
+@pytest.mark.parametrize("kind", ["ivf", "hnsw"])
+def test_approximate_index_recall_is_reported(runs, tiny_root, kind):
+    cascade = Cascade.from_run(runs["two_stage"], index=kind)
     day = load_day(tiny_root, cascade.saved["test_day"], cascade.spec)
     r = evaluate_catalogue(cascade, day, (60, 10), max_requests=64, compare_exact=True)
-    assert r["index"] == "hnsw" and r["requests"] == 64
-    assert 0.5 <= r["index_recall_vs_exact"] <= 1.0             # reported, floor only
+    assert r["index"] == kind and r["requests"] == 64
+    assert 0.3 <= r["index_recall_vs_exact"] <= 1.0             # reported, floor only
     assert 0 <= r["survival"]["prerank"] <= r["survival"]["retrieval"] <= 1
 
 
