@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from .config import add_common_flags, config_from_args
 from .data.errors import DataError
 from .parsing import OneLineParser
-from .runtime import TrainingError, UsageError
+from .runtime import TrainingError, UsageError, report_error
 
 
 def main(setting: str, action: str, argv: list[str] | None = None) -> int:
@@ -42,15 +41,8 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
             if context().is_main:
                 print(f"{m['method']} ({setting}, run {m['run_id']}, test day {m['test_day']}"
                       f"{', SYNTHETIC data' if m['synthetic'] else ''}): {format_metrics(m)}")
-    except (DataError, UsageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except TrainingError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
-    except OSError as e:              # a file that could not be read or written, named
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    except (DataError, UsageError, ValueError, TrainingError, OSError) as e:
+        return report_error(e)       # one line; an OSError names the file it could not use
     finally:
         shutdown()
     return 0

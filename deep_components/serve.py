@@ -35,7 +35,7 @@ from .data import load_day
 from .data.catalogue import Catalogue, load_catalogue
 from .data.errors import DataError
 from .data.vocab import LOCATIONS, Vocabulary
-from .runtime import UsageError, read_json, resolve_device, write_json
+from .runtime import UsageError, read_json, report_error, resolve_device, write_json
 
 INDEXES = ("exact", "ivf", "hnsw")
 #: HNSW graph degree and search breadth (faiss's M and efSearch)
@@ -299,12 +299,8 @@ def main(argv: list[str] | None = None) -> int:
             results.append(r)
         if len(results) > 1:
             print("\n".join(_table(results)))
-    except (DataError, UsageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
-        return 2
+    except (DataError, UsageError, ValueError, OSError) as e:
+        return report_error(e)
     return 0
 
 
