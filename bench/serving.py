@@ -22,6 +22,7 @@ import torch  # noqa: E402
 
 from deep_components.data import load_day  # noqa: E402
 from deep_components.serve import Cascade, build_index  # noqa: E402
+from report import emit_table  # noqa: E402  (bench/report.py)
 
 
 def main() -> int:
@@ -71,9 +72,7 @@ def main() -> int:
                         f"{served / total:,.0f} | {p50:.1f} | {p99:.1f} |")
                 print(line, flush=True)
                 lines.append(line)
-    print("\n".join(lines))
-    if a.out:
-        Path(a.out).write_text("\n".join(lines) + "\n")
+    emit_table(lines, a.out)
     return 0
 
 

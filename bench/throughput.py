@@ -28,6 +28,8 @@ import sys
 import time
 from pathlib import Path
 
+from report import emit_table  # bench/report.py (this folder is on sys.path when run as a script)
+
 HERE = Path(__file__).resolve().parent.parent
 ALL_METHODS = ["bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron"]
 
@@ -220,9 +222,7 @@ def main() -> int:
                   + (f"  eval {r['eval_requests_per_s']:,.0f} req/s" if "eval_requests_per_s" in r else ""),
                   flush=True)
     lines = table(rows, any("peak_cuda_mb" in r for r in rows))
-    print("\n".join(lines))
-    if a.out:
-        Path(a.out).write_text("\n".join(lines) + "\n")
+    emit_table(lines, a.out)
     return 0
 
 
