@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from deep_components.data import load_day  # noqa: E402
-from deep_components.serve import Cascade, build_index  # noqa: E402
+from deep_components.serve import Cascade, build_index, recall_vs_exact  # noqa: E402
 from report import emit_table  # noqa: E402  (bench/report.py)
 
 
@@ -51,9 +51,8 @@ def main() -> int:
             if kind != "exact":                  # the approximate index against the exact one
                 n = min(a.requests, day.num_requests)
                 u = c.user_vectors(day.context[:n], day.history[:n], day.history_mask[:n])
-                _, ex = build_index(c.item_vectors, "exact").search(u, keep[0])
-                _, ap_ = c.index.search(u, keep[0])
-                recall = f"{np.mean([len(set(x) & set(y)) / keep[0] for x, y in zip(ex, ap_)]):.4f}"
+                _, approx = c.index.search(u, keep[0])
+                recall = f"{recall_vs_exact(build_index(c.item_vectors, 'exact'), u, approx).mean():.4f}"
             for bs in a.batches:
                 n = min(a.requests, day.num_requests)
                 calls = []

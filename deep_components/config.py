@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .kernels import MODES as KERNEL_MODES
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -129,7 +131,7 @@ def add_common_flags(ap: argparse.ArgumentParser) -> None:
     o.add_argument("--emb_optimizer", default="adam", choices=["adam", "lazy_adam"],
                    help="adam: dense Adam over every row (the paper's recipe); lazy_adam: sparse "
                         "gradients, Adam's update on the rows a batch touches only")
-    o.add_argument("--kernels", default="auto", choices=["auto", "native", "torch"],
+    o.add_argument("--kernels", default="auto", choices=list(KERNEL_MODES),
                    help="CPU kernels of DIN's attention and the embedding gradients: native C++ "
                         "(compiled on first use, cached), torch (pure PyTorch), auto (native when "
                         "a compiler builds it, default); same values either way")
@@ -211,8 +213,8 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.mask_mode in ("true", "reference"), "--mask_mode must be true or reference")
     check_tz(cfg.tz)
     need(cfg.vocab in ("compact", "full"), f"--vocab must be compact or full, got {cfg.vocab!r}")
-    need(cfg.kernels in ("auto", "native", "torch"),
-         f"--kernels must be auto, native or torch, got {cfg.kernels!r}")
+    need(cfg.kernels in KERNEL_MODES,
+         f"--kernels must be one of {', '.join(KERNEL_MODES)}, got {cfg.kernels!r}")
     need(cfg.emb_optimizer in ("adam", "lazy_adam"),
          f"--emb_optimizer must be adam or lazy_adam, got {cfg.emb_optimizer!r}")
     if cfg.emb_optimizer == "lazy_adam" and context().enabled and context().backend == "nccl":

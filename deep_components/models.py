@@ -110,23 +110,23 @@ def mlp(sizes: list[int], final_activation: bool = False) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def split_mlp(net: nn.Sequential, shared: Tensor, per_item: Tensor) -> Tensor:
-    """``net(cat([shared broadcast over N, per_item], -1))`` without building the concatenation.
+def shared_input_mlp(net: nn.Sequential, shared: Tensor, per_item: Tensor,
+                     split: bool | None = None) -> Tensor:
+    """``net(cat([shared broadcast over N, per_item], -1))``: shared [B, S], per_item [B, N, K]
+    -> [B, N, out].
 
-    shared [B, S], per_item [B, N, K] -> [B, N, out].  The first Linear's shared half runs once
-    per request and is broadcast-added to its per-item half: the same value (up to float
-    rounding order), and the [B, N, S] copy and its share of the product and its gradient are
-    never made.
+    ``split`` (None: on the CPU only, where it is measured faster) skips the concatenation: the
+    first Linear's shared half runs once per request and is broadcast-added to its per-item half
+    — the same value up to float rounding order, without the [B, N, S] copy and its share of the
+    product and its gradient.  False builds the concatenation, as the reference does.
     """
-    first = net[0]
-    S = shared.shape[-1]
-    y = F.linear(per_item, first.weight[:, S:]) + F.linear(shared, first.weight[:, :S],
-                                                          first.bias).unsqueeze(1)
-    return net[1:](y)
-
-
-def _split(flag: bool | None, x: Tensor) -> bool:
-    return x.device.type == "cpu" if flag is None else flag
+    if per_item.device.type == "cpu" if split is None else split:
+        first = net[0]
+        S = shared.shape[-1]
+        y = F.linear(per_item, first.weight[:, S:]) + F.linear(shared, first.weight[:, :S],
+                                                              first.bias).unsqueeze(1)
+        return net[1:](y)
+    return net(torch.cat([shared.unsqueeze(1).expand(-1, per_item.shape[1], -1), per_item], dim=-1))
 
 
 def user_input(emb: FeatureEmbeddings, context: Tensor, history: Tensor,
@@ -168,8 +168,7 @@ class DSSM(nn.Module):
 class MLP(nn.Module):
     """One tower over user input and item features (three-stage prerank).
 
-    ``split_input`` runs the first layer through :func:`split_mlp` (None: on the CPU only, where
-    it is measured faster; False builds the [B, N, 168] concatenation, as the reference does)."""
+    ``split_input`` is :func:`shared_input_mlp`'s ``split`` (None: split on the CPU only)."""
 
     split_input: bool | None = None
 
@@ -182,10 +181,7 @@ class MLP(nn.Module):
                 items: Tensor) -> Tensor:
         u = user_input(self.emb, context, history, history_mask)                       # [B, 104]
         x = torch.cat([self.emb.item(items), self.emb.upload_time(items)], dim=-1)       # [B, N, 64]
-        if _split(self.split_input, x):
-            return split_mlp(self.net, u, x).squeeze(-1)
-        z = torch.cat([u.unsqueeze(1).expand(-1, x.shape[1], -1), x], dim=-1)           # [B, N, 168]
-        return self.net(z).squeeze(-1)
+        return shared_input_mlp(self.net, u, x, self.split_input).squeeze(-1)
 
 
 class _PairAttention(torch.autograd.Function):
@@ -253,11 +249,10 @@ class DIN(nn.Module):
     per request) plus a candidate half (once per candidate) and broadcast-adds them: the same
     output as the concatenated form, without the [B, N, H, 80] x [80, 80] product; the ReLU and
     the second layer run in cache-sized chunks over valid history rows only (``_PairAttention``).
-    The output MLP's context half runs once per request (``split_input``, :func:`split_mlp`).
+    The output MLP's context half runs once per request (``split_input``, :func:`shared_input_mlp`).
     """
 
-    #: the output MLP's first layer through :func:`split_mlp` (None: on the CPU only, where it
-    #: is measured faster; False: the concatenated form)
+    #: :func:`shared_input_mlp`'s ``split`` for the output MLP (None: split on the CPU only)
     split_input: bool | None = None
     #: requests per chunk of the attention kernel (about 5 MB of hidden activations at N = 40)
     chunk = 8
@@ -298,10 +293,7 @@ class DIN(nn.Module):
         interest = torch.softmax(a, dim=-1) @ hist                                       # [B, N, 40]
         ctx = self.emb.context(context)                                                  # [B, 64]
         x = torch.cat([interest, query, self.emb.upload_time(items)], dim=-1)            # [B, N, 104]
-        if _split(self.split_input, x):
-            return split_mlp(self.net, ctx, x).squeeze(-1)
-        z = torch.cat([ctx.unsqueeze(1).expand(-1, query.shape[1], -1), x], dim=-1)      # [B, N, 168]
-        return self.net(z).squeeze(-1)
+        return shared_input_mlp(self.net, ctx, x, self.split_input).squeeze(-1)
 
 
 TOWERS = {"dssm": DSSM, "din": DIN, "mlp": MLP}

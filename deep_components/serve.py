@@ -80,6 +80,13 @@ def build_index(vectors: np.ndarray, kind: str = "exact", device: torch.device |
     return index
 
 
+def recall_vs_exact(exact, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per query [B, d], the share of the exact index's top K that ``rows`` [B, K] holds."""
+    k = rows.shape[1]
+    _, ex = exact.search(queries, k)
+    return np.array([len(set(x) & set(y)) / k for x, y in zip(ex, rows)])
+
+
 def check_keep(keep: Sequence[int], spec: CascadeSpec, catalogue_size: int) -> tuple[int, ...]:
     keep = tuple(int(k) for k in keep)
     if len(keep) != spec.num_stages:
@@ -176,8 +183,7 @@ class Cascade:
         keep = check_keep(keep, self.spec, len(self.catalogue))
         dev = self.device
         ctx, hist, hmask = self._inputs(context, history, history_mask)
-        u = self.models[0].user_vectors(ctx, hist, hmask).float().cpu().numpy()
-        _, rows = self.index.search(np.ascontiguousarray(u), keep[0])          # [B, K1]
+        _, rows = self.index.search(self.user_vectors(ctx, hist, hmask), keep[0])  # [B, K1]
         out = [rows.astype(np.int64)]
         for t in range(1, len(keep)):
             prev = torch.from_numpy(out[-1])
@@ -207,7 +213,6 @@ def evaluate_catalogue(cascade: Cascade, day, keep: Sequence[int], batch_size: i
     if R == 0:
         raise DataError(f"day {day.date}: no requests to serve")
     pos_rows = cascade.catalogue.rows_of(positives(day, cascade.spec)[:R])    # [R, P], -1 padded
-    pos_rows[positives(day, cascade.spec)[:R] == 0] = -1
     mapped = cascade.vocab.apply(day) if cascade.vocab is not None else day
     exact = build_index(cascade.item_vectors, "exact") if compare_exact else None
     survived = np.zeros((R, len(keep)))
@@ -223,8 +228,7 @@ def evaluate_catalogue(cascade: Cascade, day, keep: Sequence[int], batch_size: i
             survived[a:b, t] = hit.sum(1) / npos
         if exact is not None:
             u = cascade.user_vectors(mapped.context[a:b], mapped.history[a:b], mapped.history_mask[a:b])
-            _, ex = exact.search(u, keep[0])
-            overlap += [len(set(x) & set(y)) / keep[0] for x, y in zip(ex, kept[0])]
+            overlap += list(recall_vs_exact(exact, u, kept[0]))
     seconds = time.perf_counter() - t0
     has = (pos_rows >= 0).any(1)
     out = {"day": day.date, "keep": list(keep), "index": cascade.index_kind,

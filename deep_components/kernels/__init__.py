@@ -161,14 +161,13 @@ def _short(status: str) -> str:
     return status.split("; ")[0] + ")" if status.startswith("native") else status
 
 
-def describe(short: bool = False) -> str:
-    """Which path DIN's attention and the embedding gradients take on the CPU, and why (short:
-    without the library's path)."""
+def describe() -> str:
+    """Which path DIN's attention, the embedding gradients and Kendall τ take on the CPU, and
+    why."""
     if _mode == "torch":
         return "PyTorch (--kernels torch)"
     native_library()
-    status = _status or "PyTorch"
-    return _short(status) if short else status
+    return _status or "PyTorch"
 
 
 def select(mode: str, device: torch.device) -> str:
