@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import staged
+
 
 class UsageError(Exception):
     """A problem the user can fix by changing a flag; entry points print it and exit 2."""
@@ -125,23 +127,18 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 
 def atomic_write(path: Path, write, what: str = "a result") -> None:
-    """``write(f)`` into a temporary file unique to this process, fsync, rename over ``path``.
+    """``write(f)`` into a temporary file beside ``path``, fsync, rename over ``path``
+    (:func:`deep_components.atomic.staged`).
 
     A failure (full disk, file-size limit, I/O error) removes the temporary file, leaves the
     previous ``path`` as it was, and raises one UsageError naming the file and the reason."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with staged(path) as tmp, open(tmp, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         reason = (getattr(e, "strerror", None) or str(e).splitlines()[0][:200] or type(e).__name__)
         raise UsageError(f"{path}: cannot write {what} ({reason}); the previous file, if any, is "
                          "unchanged") from None

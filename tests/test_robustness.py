@@ -105,14 +105,14 @@ def test_crash_during_checkpoint_write_keeps_last_good(tiny_root, tmp_path, monk
                                          r"\(simulated crash while writing\)"):
         train(_cfg(tiny_root, tmp_path, resume=True, max_steps=8))
     assert path.read_bytes() == before                          # the last good one is intact
-    assert not list(path.parent.glob("*.tmp"))                  # and no temporary file is left
+    assert not list(path.parent.glob(".tmp-*"))                 # and no temporary file is left
     assert load_checkpoint(path, torch.device("cpu"))["position"]["step"] == 4
 
 
 def test_resume_refuses_a_different_run(tiny_root, tmp_path):
     train(_cfg(tiny_root, tmp_path, max_steps=2))
-    with pytest.raises(UsageError, match=r"loss_type: checkpoint 'lcron', this run 'bce'"):
-        train(_cfg(tiny_root, tmp_path, loss_type="bce", resume=True))
+    with pytest.raises(UsageError, match=r"method: checkpoint 'lcron', this run 'bce'"):
+        train(_cfg(tiny_root, tmp_path, method="bce", resume=True))
     with pytest.raises(UsageError, match=r"emb_dim: checkpoint 8, this run 4"):
         train(_cfg(tiny_root, tmp_path, emb_dim=4, resume=True))
     with pytest.raises(UsageError, match="setting: checkpoint 'two_stage', this run 'three_stage'"):

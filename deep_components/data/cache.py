@@ -14,13 +14,12 @@ import json
 import logging
 import os
 import shutil
-import socket
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import clean_stale, staged
 from ..cascade import CascadeSpec
 from . import layout
 from .errors import DataError
@@ -108,33 +107,6 @@ def _read_entry(entry: Path, date: str, spec: CascadeSpec) -> DayData | None:
     return DayData(date=date, spec_name=spec.name, stats=meta.get("stats", {}), **arrays)
 
 
-def tmp_prefix() -> str:
-    """Temporary entries are named after their writer (host, pid) so stale ones can be told."""
-    return f".tmp-{socket.gethostname()}-{os.getpid()}-"
-
-
-def clean_stale_tmp(folder: Path, max_age_s: float = 86_400) -> None:
-    """Remove temporary entries left by killed writers: this host's whose process is gone, and
-    anyone's older than a day (another machine sharing the cache may still be writing)."""
-    host = socket.gethostname()
-    for p in folder.glob(".tmp-*"):
-        parts = p.name.split("-")
-        dead = False
-        if len(parts) >= 4 and "-".join(parts[1:-2]) == host:
-            try:
-                os.kill(int(parts[-2]), 0)
-            except ProcessLookupError:
-                dead = True
-            except (ValueError, PermissionError):
-                pass
-        try:
-            old = time.time() - p.stat().st_mtime > max_age_s
-        except OSError:
-            continue
-        if dead or old:
-            shutil.rmtree(p, ignore_errors=True)
-
-
 def publish_entry(folder: Path, key: str, arrays: dict[str, np.ndarray], meta: dict,
                   what: str) -> None:
     """Write ``arrays`` (one ``.npy`` each) and ``meta.json`` into a temporary folder of
@@ -144,21 +116,16 @@ def publish_entry(folder: Path, key: str, arrays: dict[str, np.ndarray], meta: d
     advice = "set LCRON_CACHE_DIR or --cache_dir to a writable folder"
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        clean_stale_tmp(folder)
-        tmp = Path(tempfile.mkdtemp(prefix=tmp_prefix(), dir=folder))
+        clean_stale(folder)
     except OSError as e:
         raise DataError(f"{folder}: cannot create {what} here ({e.strerror or e}); {advice}") from None
     try:
-        for k, v in arrays.items():
-            np.save(tmp / f"{k}.npy", np.ascontiguousarray(v))
-        with open(tmp / META, "w") as f:
-            json.dump(meta, f, indent=1)
-        try:
-            os.rename(tmp, folder / key)
-        except OSError:  # another process wrote the same entry first
-            shutil.rmtree(tmp, ignore_errors=True)
+        with staged(folder / key, directory=True, replace=False) as tmp:  # first writer wins
+            for k, v in arrays.items():
+                np.save(tmp / f"{k}.npy", np.ascontiguousarray(v))
+            with open(tmp / META, "w") as f:
+                json.dump(meta, f, indent=1)
     except OSError as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         raise DataError(f"{folder}: cannot write {what} ({e.strerror or e}); {advice}") from None
 
 

@@ -23,12 +23,12 @@ import os
 import platform
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import torch
 
+from ..atomic import staged
 from ..runtime import UsageError
 
 log = logging.getLogger(__name__)
@@ -106,19 +106,20 @@ def _build(cxx: str) -> tuple[Path, str]:
         if lib.is_file():
             return lib, version_line
         out_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".lcron-native-", suffix=".so", dir=out_dir)
-        os.close(fd)
-        try:
-            r = subprocess.run([cxx, *flags, str(SOURCE), "-o", tmp], capture_output=True,
-                               text=True, timeout=300)
-            if r.returncode == 0:
-                os.replace(tmp, lib)              # atomic: concurrent builders (torchrun) agree
-                return lib, version_line
-            errors.append((r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"])
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        try:                     # atomic: concurrent builders (torchrun ranks) agree on the file
+            with staged(lib) as tmp:
+                r = subprocess.run([cxx, *flags, str(SOURCE), "-o", str(tmp)], capture_output=True,
+                                   text=True, timeout=300)
+                if r.returncode != 0:
+                    raise _CompileFailed((r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"])
+            return lib, version_line
+        except _CompileFailed as e:
+            errors.append(e.args[0])
     raise OSError(f"{cxx} could not compile {SOURCE.name}: {errors[-1][0]}")
+
+
+class _CompileFailed(Exception):
+    """The compiler's last error line (the build tries the next flag set)."""
 
 
 def _load() -> ctypes.CDLL:
