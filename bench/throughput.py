@@ -70,7 +70,9 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
     from deep_components.evaluate import evaluate
     from deep_components.loss import build_loss
     from deep_components.runtime import resolve_device
-    from deep_components.train import batch_to_device, build_models, build_optimizers, forward_all
+    from deep_components.data.batches import batch_to_device
+    from deep_components.models import build_models, forward_all
+    from deep_components.train import build_optimizers
 
     try:                                   # as the entry points do (older checkouts lack it)
         from deep_components.runtime import keep_freed_memory

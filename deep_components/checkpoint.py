@@ -1,4 +1,6 @@
-"""Complete, atomic, safely loadable training checkpoints.
+"""What a run folder keeps of a model: complete training checkpoints (``checkpoint.pt``, to
+resume) and the trained towers (``towers.pt``, to evaluate and serve); both atomic and safely
+loadable.
 
 A checkpoint holds every tower, every optimiser, the loss module (learnable weights), the RNG
 states of Python, NumPy and torch, and the position (day index, next batch index, step).  It is
@@ -16,13 +18,18 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from .cascade import CascadeSpec, get_spec
+from .data.vocab import Vocabulary
+from .models import build_models
 from .runtime import UsageError, atomic_write, torch_load_error
 
 CHECKPOINT_FILE = "checkpoint.pt"
+TOWERS_FILE = "towers.pt"
 FORMAT = 1
 #: configuration that must be identical between a checkpoint and the run resuming it
-MATCH_KEYS = ("setting", "loss_type", "towers", "emb_dim", "id_counts", "loss_options",
+MATCH_KEYS = ("setting", "method", "towers", "emb_dim", "id_counts", "loss_options",
               "mask_mode", "batch_size", "lr", "seq_len", "train_days", "seed", "tz", "vocab",
               "vocab_digest", "emb_optimizer")
 
@@ -74,6 +81,8 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
 
 
 def check_compatible(saved: dict, current: dict, path: Path) -> None:
+    if "method" not in saved and "loss_type" in saved:      # saved before the rename
+        saved = {**saved, "method": saved["loss_type"]}
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
              for k in MATCH_KEYS if saved.get(k) != current.get(k)]
     if diffs:
@@ -91,3 +100,35 @@ def restore(trainer, ckpt: dict, path: Path) -> None:
         raise UsageError(f"{path}: checkpoint does not fit this run's models "
                          f"({str(e).splitlines()[0][:300]})") from None
     set_rng_state(ckpt["rng"])
+
+
+def save_towers(run_dir: Path, models: list[nn.Module], loss_fn: nn.Module, spec: CascadeSpec,
+                id_counts: dict[str, int], cfg, vocab: Vocabulary | None = None,
+                run_key: str | None = None) -> None:
+    """``towers.pt``: weights, loss weights, and what rebuilds the towers (incl. the vocabulary)."""
+    state = {"models": [m.state_dict() for m in models], "loss": loss_fn.state_dict(),
+             "meta": {"setting": spec.name, "method": cfg.method, "emb_dim": cfg.emb_dim,
+                      "towers": list(spec.towers), "id_counts": dict(id_counts),
+                      "vocab": "compact" if vocab is not None else "full", "run_key": run_key}}
+    if vocab is not None:
+        state["vocab"] = vocab.state()
+    atomic_write(run_dir / TOWERS_FILE, lambda f: torch.save(state, f), "the trained towers")
+
+
+def load_towers(run_dir: Path, device: torch.device
+                ) -> tuple[list[nn.Module], dict[str, Any], Vocabulary | None]:
+    """(towers in cascade order, meta, vocabulary or None for full-size tables)."""
+    path = run_dir / TOWERS_FILE
+    if not path.is_file():
+        raise UsageError(f"{path}: no trained towers in this run folder (train it first)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        meta = state["meta"]
+        spec = get_spec(meta["setting"])
+        vocab = Vocabulary.from_state(state["vocab"]) if "vocab" in state else None
+        models = build_models(spec, meta["id_counts"], meta["emb_dim"], vocab=vocab, init=False)
+        for m, sd in zip(models, state["models"], strict=True):
+            m.load_state_dict(sd)
+    except Exception as e:  # truncated/corrupt file, foreign content, mismatched shapes
+        raise torch_load_error(path, e, "the trained towers") from None
+    return [m.to(device) for m in models], meta, vocab

@@ -1,19 +1,32 @@
-"""Shared ``main`` of run_train2/3 and run_test2/3: flags, friendly errors, exit codes."""
+"""The shared ``main`` of every training / evaluation entry point: flags, one-line errors, exit
+codes.  ``python -m deep_components.train --setting NAME ...`` and ``python -m
+deep_components.evaluate --setting NAME ...`` take any registered cascade; ``run_train2.py``,
+``run_train3.py``, ``run_test2.py`` and ``run_test3.py`` are the paper's names for the two- and
+three-stage settings."""
 from __future__ import annotations
 
 import logging
 
-from .config import add_common_flags, config_from_args
+from .config import add_run_flags, config_from_args
 from .data.errors import DataError
 from .parsing import OneLineParser
 from .runtime import TrainingError, UsageError, report_error
 
+#: the paper's script names of its two settings
+PAPER_SCRIPTS = {"two_stage": "2", "three_stage": "3"}
 
-def main(setting: str, action: str, argv: list[str] | None = None) -> int:
-    ap = OneLineParser(
-        prog=f"run_{action}{2 if setting == 'two_stage' else 3}.py",
-        description=f"{'Train' if action == 'train' else 'Evaluate'} a {setting.replace('_', '-')} cascade.")
-    add_common_flags(ap)
+
+def main(setting: str | None, action: str, argv: list[str] | None = None) -> int:
+    """``setting`` None: the cascade comes from ``--setting``; ``action``: "train" or "test"."""
+    verb = "Train" if action == "train" else "Evaluate"
+    if setting is None:
+        prog = f"python -m deep_components.{'train' if action == 'train' else 'evaluate'}"
+        description = f"{verb} a cascade of any registered setting (--setting)."
+    else:
+        prog = f"run_{action}{PAPER_SCRIPTS.get(setting, '')}.py"
+        description = f"{verb} a {setting.replace('_', '-')} cascade."
+    ap = OneLineParser(prog=prog, description=description)
+    add_run_flags(ap, with_setting=setting is None)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from . import kernels
@@ -32,14 +45,14 @@ def main(setting: str, action: str, argv: list[str] | None = None) -> int:
 
             run_dir = train(cfg)
             if context().is_main:
-                print(f"trained {cfg.loss_type} ({setting}, run {cfg.run_id}) -> {run_dir} "
+                print(f"trained {cfg.method} ({cfg.setting}, run {cfg.run_id}) -> {run_dir} "
                       f"[kernels: {kernels.selected(short=True)}]")
         else:
             from .run_eval import evaluate_run, format_metrics
 
             m = evaluate_run(cfg)
             if context().is_main:
-                print(f"{m['method']} ({setting}, run {m['run_id']}, test day {m['test_day']}"
+                print(f"{m['method']} ({cfg.setting}, run {m['run_id']}, test day {m['test_day']}"
                       f"{', SYNTHETIC data' if m['synthetic'] else ''}): {format_metrics(m)}")
     except (DataError, UsageError, ValueError, TrainingError, OSError) as e:
         return report_error(e)       # one line; an OSError names the file it could not use

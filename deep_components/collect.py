@@ -14,13 +14,9 @@ import numpy as np
 import pandas as pd
 
 from .cascade import SPECS, get_spec
+from .loss import display_name, method_order
 from .parsing import OneLineParser
 from .runtime import UsageError, read_json
-
-#: The paper's row order; other (new) methods follow alphabetically.
-PAPER_ORDER = ("bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron")
-DISPLAY = {"bce": "BCE", "icc": "ICC", "rankflow": "RankFlow", "fs_ranknet": "FS-RankNet",
-           "fs_lambdaloss": "FS-LambdaLoss", "arf": "ARF", "arf_v2": "ARF-v2", "lcron": "LCRON"}
 
 
 #: what a metrics.json must hold to be collected
@@ -77,11 +73,12 @@ def variant(m: dict) -> tuple[str, str]:
 def build_table(metrics: list[dict], setting: str) -> pd.DataFrame:
     cols = metric_columns(setting)
     rows = []
+    order = method_order()          # the registry's: the paper's rows first, in its order
     variants = sorted({variant(m) for m in metrics},
-                      key=lambda v: (PAPER_ORDER.index(v[0]) if v[0] in PAPER_ORDER else 99, v))
+                      key=lambda v: (order.index(v[0]) if v[0] in order else len(order), v))
     for method, tag in variants:
         ms = [m for m in metrics if variant(m) == (method, tag)]
-        name = DISPLAY.get(method, method) + (f" [{tag}]" if tag else "")
+        name = display_name(method) + (f" [{tag}]" if tag else "")
         row = {"method": name, "runs": len(ms)}
         for title, key in cols:
             v = np.array([_value(m, key) for m in ms], dtype=float)

@@ -1,7 +1,11 @@
-"""One configuration object per run, built from command-line flags.
+"""One configuration object per run; its fields declare the command-line flags.
 
-Flags of the paper's scripts are accepted with their meaning (``--epochs`` is the run id, as
-there) plus ours.  ``--loss_opt name=value`` passes any loss option (METHODS §10 constants).
+Every :class:`RunConfig` field that is a flag carries its flag names, help and group in its
+``metadata`` (``_flag``), and :func:`add_run_flags` turns the fields into argparse options, so a
+flag is written once.  The paper's scripts' flag names are accepted as aliases with their meaning
+(``--epochs`` is the run id, ``--loss_type`` the method, ``--root_path`` the data folder,
+``--infer_recall_batch_size`` the evaluation batch).  ``--loss_opt name=value`` passes any loss
+option (docs/methods.md lists every constant).
 """
 from __future__ import annotations
 
@@ -18,42 +22,85 @@ from .kernels import MODES as KERNEL_MODES
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
+#: argparse groups, in --help order
+GROUPS = {"cascade": "cascade", "paper": "the paper's flags (same names and meaning)",
+          "ours": "our flags", "robust": "robustness"}
+#: accepted for compatibility with the paper's scripts and ignored (flag -> help)
+IGNORED_FLAGS = {"--infer_realshow_batch_size":
+                 "accepted for compatibility; evaluation uses --infer_recall_batch_size"}
+
+
+def _flag(default: Any, help: str, *flags: str, group: str = "ours", **argparse_kw: Any):
+    """A RunConfig field that is a command-line option: ``flags`` (first = our name, the others
+    aliases; default ``--<field name>``), ``help``, argparse keywords (type, choices, nargs, ...).
+    ``cli_default`` in argparse_kw: the flag's default when it differs from the field's."""
+    meta = {"flags": flags, "help": help, "group": group, "argparse": argparse_kw}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class RunConfig:
-    setting: str = "two_stage"
-    loss_type: str = "lcron"
-    run_id: int = 30
-    tau: float = 0.0
-    batch_size: int = 1024
-    eval_batch_size: int = 1024
-    emb_dim: int = 8
-    lr: float = 0.01
-    seq_len: int = 50
-    seed: int | None = None
-    device: str = "auto"
-    data_dir: str = str(REPO_ROOT / "data")
-    cache_dir: str | None = None
-    train_days: list[str] | None = None
-    test_day: str | None = None
-    run_dir: str | None = None
-    runs_root: str = str(REPO_ROOT / "runs")
-    sort: str | None = None
-    mask_mode: str = "true"
-    loss_options: dict[str, Any] = field(default_factory=dict)
-    tz: str = "Asia/Shanghai"
-    print_freq: int = 50
-    tag: str = ""
-    max_steps: int | None = None
-    progress: bool = True
-    threads: int | None = None
-    ckpt_every: int = 200
-    resume: bool = False
-    skip_nonfinite: bool = False
-    vocab: str = "compact"
-    emb_optimizer: str = "adam"
-    kernels: str = "auto"
-    overwrite: bool = False
-    allow_train_day: bool = False
+    setting: str = _flag("two_stage", "cascade setting: a registered spec "
+                         "(two_stage, three_stage, four_stage, ...)", group="cascade")
+    method: str = _flag("lcron", "method name from the loss registry (the paper: --loss_type)",
+                        "--method", "--loss_type", group="paper")
+    run_id: int = _flag(30, "run id, also the default seed (the paper's scripts call it --epochs; "
+                        "30..34 in the launchers)", "--run_id", "--epochs", group="paper", type=int)
+    tau: float = _flag(0.0, "sort temperature of ARF/ARF-v2/LCRON (0 = the method's default)",
+                       group="paper", type=float)
+    batch_size: int = _flag(1024, "training batch (the global batch under torchrun)", group="paper",
+                            type=int)
+    eval_batch_size: int = _flag(1024, "evaluation batch (also the size of the tie-breaking "
+                                 "permutation blocks)", "--eval_batch_size",
+                                 "--infer_recall_batch_size", group="paper", type=int)
+    emb_dim: int = _flag(8, "embedding dimension", group="paper", type=int)
+    lr: float = _flag(0.01, "Adam learning rate", group="paper", type=float)
+    seq_len: int = _flag(50, "history rows used (the most recent)", group="paper", type=int)
+    print_freq: int = _flag(50, "log every N steps", group="paper", type=int)
+    tag: str = _flag("", "suffix of the run folder name", group="paper")
+    cuda: int | None = _flag(None, "GPU index (with --device cuda/auto)", group="paper", type=int)
+    seed: int | None = _flag(None, "random seed (default: the run id)", type=int)
+    device: str = _flag("auto", "auto (cuda if available), cpu, cuda, cuda:N")
+    data_dir: str | None = _flag(str(REPO_ROOT / "data"), "RecFlow-layout folder (default $DATA_DIR "
+                                 "or ./data; run_test: the run's own)", "--data_dir", "--root_path",
+                                 cli_default=None)
+    cache_dir: str | None = _flag(None, "day cache (default <data_dir>/.lcron_cache)")
+    train_days: list[str] | None = _flag(None, "dates (default: the split)", nargs="+")
+    test_day: str | None = _flag(None, "date (default: the split)")
+    run_dir: str | None = _flag(None, "run folder (default <runs_root>/<setting>/<method>/run-<id>)")
+    runs_root: str = _flag(str(REPO_ROOT / "runs"), "where run folders go")
+    sort: str | None = _flag(None, "sort operator", choices=["neural", "soft"])
+    mask_mode: str = _flag("true", "padded slots: per-slot mask (true) or the reference's "
+                           "prefix-from-count (reference)", choices=["true", "reference"])
+    loss_options: dict[str, Any] = _flag({}, "any loss option, e.g. --loss_opt terms=e2e "
+                                         "(repeatable)", "--loss_opt", action="append",
+                                         metavar="NAME=VALUE", cli_default=[])
+    tz: str = _flag("Asia/Shanghai", "time zone of the calendar features")
+    max_steps: int | None = _flag(None, "stop after this many steps", type=int)
+    progress: bool = _flag(True, "no progress bars", "--no_progress", action="store_false")
+    threads: int | None = _flag(None, "torch CPU threads", type=int)
+    vocab: str = _flag("compact", "embedding tables sized to the ids in the run's days (compact, "
+                       "default) or to id_cnt (full); both train to the same rows",
+                       choices=["compact", "full"])
+    emb_optimizer: str = _flag("adam", "adam: dense Adam over every row (the paper's recipe); "
+                               "lazy_adam: sparse gradients, Adam's update on the rows a batch "
+                               "touches only", choices=["adam", "lazy_adam"])
+    kernels: str = _flag("auto", "CPU kernels of DIN's attention and the embedding gradients: "
+                         "native C++ (compiled on first use, cached), torch (pure PyTorch), auto "
+                         "(native when a compiler builds it, default); same values either way",
+                         choices=list(KERNEL_MODES))
+    ckpt_every: int = _flag(200, "save the full training state every N steps (and at every day's "
+                            "end); 0 = days only", group="robust", type=int)
+    resume: bool = _flag(False, "continue the run from its last checkpoint", group="robust",
+                         action="store_true")
+    overwrite: bool = _flag(False, "train into a run folder that already holds a run, deleting "
+                            "its results first", group="robust", action="store_true")
+    allow_train_day: bool = _flag(False, "run_test: allow --test_day to be one of the run's "
+                                  "training days", group="robust", action="store_true")
+    skip_nonfinite: bool = _flag(False, "skip batches whose loss or gradient is NaN/inf (counted) "
+                                 "instead of stopping", group="robust", action="store_true")
 
     def resolved_seed(self) -> int:
         return self.run_id if self.seed is None else self.seed
@@ -62,7 +109,7 @@ class RunConfig:
         if self.run_dir:
             return Path(self.run_dir)
         name = f"run-{self.run_id}" + (f"-{self.tag}" if self.tag else "")
-        return Path(self.runs_root) / self.setting / self.loss_type / name
+        return Path(self.runs_root) / self.setting / self.method / name
 
     def loss_kwargs(self) -> dict[str, Any]:
         """Options for ``build_loss``: --tau (> 0) and --sort map onto the loss's own options."""
@@ -78,8 +125,17 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
+        """From a saved config.json (one written before the rename calls the method loss_type)."""
+        d = dict(d)
+        if "method" not in d and "loss_type" in d:
+            d["method"] = d["loss_type"]
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def saved_method(saved: dict) -> str | None:
+    """The method of a saved config / towers meta, whichever name it was saved under."""
+    return saved.get("method", saved.get("loss_type"))
 
 
 def _parse_value(text: str) -> Any:
@@ -89,90 +145,51 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def add_common_flags(ap: argparse.ArgumentParser) -> None:
-    g = ap.add_argument_group("paper-compatible flags")
-    g.add_argument("--epochs", dest="run_id", type=int, default=30,
-                   help="run id (the paper's scripts call it --epochs; 30..34 in the launchers)")
-    g.add_argument("--loss_type", default="lcron", help="method name from the loss registry")
-    g.add_argument("--tau", type=float, default=0.0,
-                   help="sort temperature of ARF/ARF-v2/LCRON (0 = the method's default)")
-    g.add_argument("--batch_size", type=int, default=1024)
-    g.add_argument("--infer_realshow_batch_size", type=int, default=1024,
-                   help="accepted for compatibility; evaluation uses --infer_recall_batch_size")
-    g.add_argument("--infer_recall_batch_size", dest="eval_batch_size", type=int, default=1024,
-                   help="evaluation batch size (also the size of the tie-breaking permutation blocks)")
-    g.add_argument("--emb_dim", type=int, default=8)
-    g.add_argument("--lr", type=float, default=0.01)
-    g.add_argument("--seq_len", type=int, default=50, help="history rows used (the most recent)")
-    g.add_argument("--cuda", type=int, default=None, help="GPU index (with --device cuda/auto)")
-    g.add_argument("--root_path", default=None, help="RecFlow folder (same as --data_dir)")
-    g.add_argument("--print_freq", type=int, default=50, help="log every N steps")
-    g.add_argument("--tag", default="", help="suffix of the run folder name")
-    o = ap.add_argument_group("our flags")
-    o.add_argument("--seed", type=int, default=None, help="random seed (default: the run id)")
-    o.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:N")
-    o.add_argument("--data_dir", default=None, help="RecFlow-layout folder (default ./data)")
-    o.add_argument("--cache_dir", default=None, help="day cache (default <data_dir>/.lcron_cache)")
-    o.add_argument("--train_days", nargs="+", default=None, help="dates (default: the split)")
-    o.add_argument("--test_day", default=None, help="date (default: the split)")
-    o.add_argument("--run_dir", default=None, help="run folder (default runs/<setting>/<loss>/run-<id>)")
-    o.add_argument("--runs_root", default=str(REPO_ROOT / "runs"))
-    o.add_argument("--sort", default=None, choices=["neural", "soft"], help="sort operator")
-    o.add_argument("--mask_mode", default="true", choices=["true", "reference"])
-    o.add_argument("--loss_opt", action="append", default=[], metavar="NAME=VALUE",
-                   help="any loss option, e.g. --loss_opt terms=e2e (repeatable)")
-    o.add_argument("--tz", default="Asia/Shanghai", help="time zone of the calendar features")
-    o.add_argument("--max_steps", type=int, default=None, help="stop after this many steps")
-    o.add_argument("--no_progress", action="store_true", help="no progress bars")
-    o.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    o.add_argument("--vocab", default="compact", choices=["compact", "full"],
-                   help="embedding tables sized to the ids in the run's days (compact, default) or "
-                        "to id_cnt (full); both train to the same rows")
-    o.add_argument("--emb_optimizer", default="adam", choices=["adam", "lazy_adam"],
-                   help="adam: dense Adam over every row (the paper's recipe); lazy_adam: sparse "
-                        "gradients, Adam's update on the rows a batch touches only")
-    o.add_argument("--kernels", default="auto", choices=list(KERNEL_MODES),
-                   help="CPU kernels of DIN's attention and the embedding gradients: native C++ "
-                        "(compiled on first use, cached), torch (pure PyTorch), auto (native when "
-                        "a compiler builds it, default); same values either way")
-    r = ap.add_argument_group("robustness")
-    r.add_argument("--ckpt_every", type=int, default=200,
-                   help="save the full training state every N steps (and at every day's end); 0 = days only")
-    r.add_argument("--resume", action="store_true", help="continue the run from its last checkpoint")
-    r.add_argument("--overwrite", action="store_true",
-                   help="train into a run folder that already holds a run, deleting its results first")
-    r.add_argument("--allow_train_day", action="store_true",
-                   help="run_test: allow --test_day to be one of the run's training days")
-    r.add_argument("--skip_nonfinite", action="store_true",
-                   help="skip batches whose loss or gradient is NaN/inf (counted) instead of stopping")
+def add_run_flags(ap: argparse.ArgumentParser, with_setting: bool = True) -> None:
+    """One argparse option per flag field of RunConfig (``--setting`` only ``with_setting``)."""
+    from .cascade import SPECS
+
+    groups = {k: ap.add_argument_group(title) for k, title in GROUPS.items()
+              if with_setting or k != "cascade"}
+    for f in dataclasses.fields(RunConfig):
+        meta = f.metadata
+        if "flags" not in meta or (f.name == "setting" and not with_setting):
+            continue
+        kw = dict(meta["argparse"])
+        default = kw.pop("cli_default", f.default if f.default is not dataclasses.MISSING
+                         else f.default_factory())
+        if f.name == "setting":
+            kw["choices"] = sorted(SPECS)
+        groups[meta["group"]].add_argument(*(meta["flags"] or (f"--{f.name}",)), dest=f.name,
+                                           default=default, help=meta["help"], **kw)
+    for name, help in IGNORED_FLAGS.items():
+        groups["paper"].add_argument(name, default=None, help=help)
 
 
-def config_from_args(a: argparse.Namespace, setting: str, for_test: bool = False) -> RunConfig:
+def config_from_args(a: argparse.Namespace, setting: str | None = None,
+                     for_test: bool = False) -> RunConfig:
+    """The RunConfig of parsed flags; ``setting`` fixes the cascade (the per-setting wrappers).
+    The loss options are parsed (NAME=VALUE, Python literals), ``--cuda N`` goes into the
+    device, and the data folder defaults to $DATA_DIR or ./data (run_test: the run's own)."""
+    from .runtime import UsageError
+
+    values = {f.name: getattr(a, f.name) for f in dataclasses.fields(RunConfig)
+              if hasattr(a, f.name)}
     opts = {}
-    for item in a.loss_opt:
+    for item in values["loss_options"]:
         if "=" not in item:
-            from .runtime import UsageError
-
             raise UsageError(f"--loss_opt expects NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         opts[k.strip()] = _parse_value(v.strip())
-    device = a.device
-    if a.cuda is not None and device in ("auto", "cuda"):
-        device = f"cuda:{a.cuda}" if device == "cuda" else f"auto:{a.cuda}"
-    data_dir = a.data_dir or a.root_path
-    if data_dir is None and not for_test:     # run_test defaults to the run's own data folder
-        data_dir = os.environ.get("DATA_DIR") or str(REPO_ROOT / "data")
-    return RunConfig(
-        setting=setting, loss_type=a.loss_type, run_id=a.run_id, tau=a.tau,
-        batch_size=a.batch_size, eval_batch_size=a.eval_batch_size, emb_dim=a.emb_dim, lr=a.lr,
-        seq_len=a.seq_len, seed=a.seed, device=device,
-        data_dir=str(data_dir) if data_dir is not None else None,
-        cache_dir=a.cache_dir, train_days=a.train_days, test_day=a.test_day, run_dir=a.run_dir,
-        runs_root=a.runs_root, sort=a.sort, mask_mode=a.mask_mode, loss_options=opts, tz=a.tz,
-        print_freq=a.print_freq, tag=a.tag, max_steps=a.max_steps, progress=not a.no_progress,
-        threads=a.threads, ckpt_every=a.ckpt_every, resume=a.resume,
-        skip_nonfinite=a.skip_nonfinite, vocab=a.vocab, emb_optimizer=a.emb_optimizer,
-        kernels=a.kernels, overwrite=a.overwrite, allow_train_day=a.allow_train_day)
+    values["loss_options"] = opts
+    if setting is not None:
+        values["setting"] = setting
+    device, cuda = values["device"], values.get("cuda")
+    if cuda is not None and device in ("auto", "cuda"):
+        values["device"] = f"cuda:{cuda}" if device == "cuda" else f"auto:{cuda}"
+    if values["data_dir"] is None and not for_test:  # run_test defaults to the run's own data
+        values["data_dir"] = os.environ.get("DATA_DIR") or str(REPO_ROOT / "data")
+    return RunConfig(**values)
 
 
 def validate(cfg: RunConfig) -> None:
@@ -231,7 +248,7 @@ def validate(cfg: RunConfig) -> None:
     if "tau" in kw:
         need(isinstance(kw["tau"], (int, float)) and kw["tau"] > 0, f"tau must be > 0, got {kw['tau']!r}")
     try:
-        build_loss(cfg.loss_type, spec, mask_mode=cfg.mask_mode, **kw)
+        build_loss(cfg.method, spec, mask_mode=cfg.mask_mode, **kw)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from None
     resolve_device(cfg.device)

@@ -1,4 +1,7 @@
-"""Evaluation of a trained cascade on a test day (METHODS.md §7).
+"""Evaluation of a trained cascade on a test day (docs/methods.md, "Metrics").
+
+``python -m deep_components.evaluate --setting NAME --method M ...`` evaluates a run folder of
+any registered setting (``run_test2.py`` / ``run_test3.py`` are the paper's names for it).
 
 Scores every request of the day (no dropped batch), then computes per request: joint (cascade)
 recall and, per stage, Recall@10@quota, NDCG@10 and Kendall τ; averages over all requests
@@ -18,6 +21,7 @@ from torch import nn
 from . import metrics as M
 from .cascade import CascadeSpec
 from .data import DayData
+from .data.batches import batch_to_device
 
 EVAL_SEED = 1024
 
@@ -30,9 +34,9 @@ def score_day(models: Sequence[nn.Module], day: DayData, device: torch.device,
     Under torchrun, evaluation batch i is scored by rank i mod W and the scores are gathered on
     every rank; batches are the same as in one process, so the scores are bitwise identical."""
     from .distributed import context
-    from .train import batch_to_device
 
     ctx = context()
+    modes = [m.training for m in models]
     for m in models:
         m.eval()
     R = day.num_requests
@@ -44,8 +48,8 @@ def score_day(models: Sequence[nn.Module], day: DayData, device: torch.device,
         b = batch_to_device({k: v[idx] for k, v in arrays.items()}, device)
         mine.append((a, [m(b["context"], b["history"], b["history_mask"], b["items"]).float().cpu().numpy()
                          for m in models]))
-    for m in models:
-        m.train()
+    for m, was_training in zip(models, modes):
+        m.train(was_training)                        # back to the mode they came in
     out = [np.empty(day.item_mask.shape, dtype=np.float32) for _ in models]
     for part in ctx.gather_objects(mine):
         for a, scores in part:
@@ -106,3 +110,11 @@ def evaluate(models: Sequence[nn.Module], day: DayData, spec: CascadeSpec, devic
     if "unknown_ids" in day.stats:
         out["unknown_ids"] = dict(day.stats["unknown_ids"])
     return out
+
+
+if __name__ == "__main__":
+    import sys
+
+    from .cli import main
+
+    sys.exit(main(None, "test"))

@@ -1,14 +1,16 @@
-"""The stage towers (METHODS.md §9): DSSM (two-tower), DIN (target attention), MLP.
+"""The stage towers (docs/methods.md, "Towers"): DSSM (two-tower), DIN (target attention), MLP.
 
-Every model has its own embedding tables and scores all N candidate slots of a request:
-``model(context [B, 8], history [B, H, 5], history_mask [B, H], items [B, N, 8]) -> [B, N]``.
+Every tower is a :class:`Tower`: it has its own embedding tables and scores all N candidate
+slots of a request,
+``tower(context [B, 8], history [B, H, 5], history_mask [B, H], items [B, N, 8]) -> [B, N]``.
+A new tower is one ``@register_tower("name")`` subclass; a cascade spec names it per stage.
 
 Inputs are the id arrays of :class:`deep_components.data.DayData` (already shifted: 0 is
 padding, category_level_one is raw with padding row 2).
 """
 from __future__ import annotations
 
-from typing import Mapping
+from typing import TYPE_CHECKING, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +18,10 @@ from torch import Tensor, nn
 
 from . import kernels
 from .embedding_init import fill_table
+
+if TYPE_CHECKING:
+    from .cascade import CascadeSpec
+    from .data.vocab import Vocabulary
 
 ID_TABLES = ("user_id", "device_id", "gender", "age", "province", "video_id", "author_id",
              "category_level_two", "upload_type")
@@ -141,13 +147,46 @@ def user_input(emb: FeatureEmbeddings, context: Tensor, history: Tensor,
     return torch.cat([emb.context(context), mean_hist], dim=-1)
 
 
-class DSSM(nn.Module):
-    """Two towers and an inner product (retrieval): ``user_vectors`` · ``item_vectors``, the
-    split that serving over a catalogue uses (deep_components.serve)."""
+class Tower(nn.Module):
+    """The interface of a stage model.
+
+    ``__init__(id_counts, dim, units, **emb)``: ``emb`` goes to :class:`FeatureEmbeddings`
+    (vocab, seed, tower, sparse, init), so every tower gets compact tables, seeded rows and
+    sparse gradients the same way.  ``forward(context [B, 8] int, history [B, H, 5] int,
+    history_mask [B, H] bool, items [B, N, 8] int) -> scores [B, N] float`` (higher = keep;
+    padded slots are scored like any other, the losses and metrics mask them)."""
 
     def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128, **emb):
         super().__init__()
         self.emb = FeatureEmbeddings(id_counts, dim, **emb)
+
+    def forward(self, context: Tensor, history: Tensor, history_mask: Tensor,
+                items: Tensor) -> Tensor:
+        raise NotImplementedError
+
+
+TOWERS: dict[str, type[Tower]] = {}
+
+
+def register_tower(name: str):
+    """Class decorator: make a :class:`Tower` selectable by name in a cascade spec."""
+    def deco(cls: type[Tower]) -> type[Tower]:
+        if name in TOWERS:
+            raise ValueError(f"tower {name!r} registered twice")
+        if not issubclass(cls, Tower):
+            raise TypeError(f"tower {name!r}: {cls.__name__} must subclass models.Tower")
+        TOWERS[name] = cls
+        return cls
+    return deco
+
+
+@register_tower("dssm")
+class DSSM(Tower):
+    """Two towers and an inner product (retrieval): ``user_vectors`` · ``item_vectors``, the
+    split that serving over a catalogue uses (deep_components.serve)."""
+
+    def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128, **emb):
+        super().__init__(id_counts, dim, units, **emb)
         self.user_tower = mlp([13 * dim, units, 64, 32])
         self.item_tower = mlp([8 * dim, units, 64, 32])
 
@@ -165,7 +204,8 @@ class DSSM(nn.Module):
         return torch.einsum("bd,bnd->bn", u, self.item_vectors(items))                   # [B, N]
 
 
-class MLP(nn.Module):
+@register_tower("mlp")
+class MLP(Tower):
     """One tower over user input and item features (three-stage prerank).
 
     ``split_input`` is :func:`shared_input_mlp`'s ``split`` (None: split on the CPU only)."""
@@ -173,8 +213,7 @@ class MLP(nn.Module):
     split_input: bool | None = None
 
     def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128, **emb):
-        super().__init__()
-        self.emb = FeatureEmbeddings(id_counts, dim, **emb)
+        super().__init__(id_counts, dim, units, **emb)
         self.net = mlp([21 * dim, units, 64, 32, 1])
 
     def forward(self, context: Tensor, history: Tensor, history_mask: Tensor,
@@ -242,7 +281,8 @@ class _PairAttention(torch.autograd.Function):
         return gq, gh, gw, None, None
 
 
-class DIN(nn.Module):
+@register_tower("din")
+class DIN(Tower):
     """Target attention over the history (two-stage prerank, three-stage rank).
 
     ``split_attention=True`` computes the attention MLP's first layer as a history half (once
@@ -259,8 +299,7 @@ class DIN(nn.Module):
 
     def __init__(self, id_counts: Mapping[str, int], dim: int = 8, units: int = 128,
                  split_attention: bool = True, **emb):
-        super().__init__()
-        self.emb = FeatureEmbeddings(id_counts, dim, **emb)
+        super().__init__(id_counts, dim, units, **emb)
         d_item = 5 * dim
         self.att1 = nn.Linear(2 * d_item, 2 * d_item)
         self.att2 = nn.Linear(2 * d_item, 1)
@@ -296,11 +335,8 @@ class DIN(nn.Module):
         return shared_input_mlp(self.net, ctx, x, self.split_input).squeeze(-1)
 
 
-TOWERS = {"dssm": DSSM, "din": DIN, "mlp": MLP}
-
-
 def build_tower(name: str, id_counts: Mapping[str, int], dim: int = 8, units: int = 128,
-                **emb) -> nn.Module:
+                **emb) -> Tower:
     """A tower by name; ``emb`` goes to :class:`FeatureEmbeddings` (vocab, seed, tower, sparse,
     init)."""
     try:
@@ -308,3 +344,18 @@ def build_tower(name: str, id_counts: Mapping[str, int], dim: int = 8, units: in
     except KeyError:
         raise ValueError(f"unknown tower {name!r}; valid: {sorted(TOWERS)}") from None
     return cls(id_counts, dim, units, **emb)
+
+
+def build_models(spec: CascadeSpec, id_counts: Mapping[str, int], emb_dim: int = 8, *,
+                 vocab: Vocabulary | None = None, seed: int = 0, sparse: bool = False,
+                 init: bool = True) -> list[Tower]:
+    """One tower per stage, in cascade order.  Tables are compact when ``vocab`` is given;
+    embedding rows start from (seed, stage position, field, id) (embedding_init)."""
+    return [build_tower(st.tower, id_counts, emb_dim, vocab=vocab, seed=seed, tower=t,
+                        sparse=sparse, init=init) for t, st in enumerate(spec.stages)]
+
+
+def forward_all(models: list[nn.Module], b: Mapping[str, Tensor]) -> list[Tensor]:
+    """Every stage's scores of a batch (a dict of context, history, history_mask, items):
+    T tensors [B, N], cascade order."""
+    return [m(b["context"], b["history"], b["history_mask"], b["items"]) for m in models]

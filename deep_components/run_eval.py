@@ -7,15 +7,15 @@ from pathlib import Path
 
 from . import kernels
 from .cascade import get_spec
-from .config import RunConfig
+from .config import RunConfig, saved_method
 from .data import load_day, read_id_counts
 from .evaluate import evaluate
 from .runtime import RunLock, UsageError, read_json, resolve_device, write_json
-from .train import load_towers
+from .checkpoint import load_towers
 
 
 #: what a config.json must hold to be evaluated
-CONFIG_KEYS = ("setting", "loss_type", "run_id", "data_dir", "test_day", "train_days")
+CONFIG_KEYS = ("setting", "run_id", "data_dir", "test_day", "train_days")
 
 
 def evaluate_run(cfg: RunConfig) -> dict:
@@ -36,6 +36,8 @@ def evaluate_run(cfg: RunConfig) -> dict:
     missing = [k for k in CONFIG_KEYS if not isinstance(saved, dict) or k not in saved]
     if missing:
         raise UsageError(f"{cfg_path}: not a run configuration of this program (missing {missing})")
+    if saved_method(saved) is None:
+        raise UsageError(f"{cfg_path}: not a run configuration of this program (no method)")
     validate_eval(cfg, saved["train_days"])
     device = resolve_device(cfg.device)
     kernels.select(cfg.kernels, device)
@@ -60,7 +62,7 @@ def evaluate_run(cfg: RunConfig) -> dict:
         if vocab is not None:      # ids onto compact rows; ids never seen go to the unknown row
             day = vocab.apply(day)
         result = evaluate(models, day, spec, device, cfg.eval_batch_size)
-        result.update({"setting": spec.name, "method": saved["loss_type"], "run_id": saved["run_id"],
+        result.update({"setting": spec.name, "method": saved_method(saved), "run_id": saved["run_id"],
                        "tag": saved.get("tag", ""), "loss_options": saved.get("loss_options", {}),
                        "test_day": test_day, "data_dir": str(data_dir),
                        "synthetic": bool(saved.get("synthetic")), "run_key": saved.get("run_key"),

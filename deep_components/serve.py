@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from .cascade import CascadeSpec, get_spec
+from .config import saved_method
 from .data import load_day
 from .data.catalogue import Catalogue, load_catalogue
 from .data.errors import DataError
@@ -135,7 +136,7 @@ class Cascade:
         """The cascade of a trained run folder; its catalogue is built from the run's days
         (training days and test day) of ``data_dir`` (default: the run's own data folder)."""
         from .run_eval import _check_data_fits
-        from .train import load_towers
+        from .checkpoint import load_towers
 
         run_dir = Path(run_dir)
         cfg_path = run_dir / "config.json"
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
                            cache_dir=a.cache_dir, history_len=cascade.saved.get("seq_len", 50))
             r = evaluate_catalogue(cascade, day, keep, a.batch_size, a.max_requests,
                                    compare_exact=a.index != "exact")
-            r.update({"method": cascade.saved["loss_type"], "run_id": cascade.saved["run_id"],
+            r.update({"method": saved_method(cascade.saved), "run_id": cascade.saved["run_id"],
                       "run_key": cascade.saved.get("run_key"), "setup_seconds": round(build, 3),
                       "catalogue_seconds": round(cascade.catalogue_seconds, 3),
                       "item_vector_seconds": round(cascade.vector_seconds, 3),

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from .cascade import SPECS, get_spec
-from .collect import DISPLAY, PAPER_ORDER
+from .cascade import get_spec
+from .loss import display_name, method_order
 from .config import RunConfig
 from .data import DataError, list_days, read_id_counts, synthetic_info
 from .parsing import OneLineParser
@@ -47,7 +47,7 @@ def stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
     rows = []
     for method in methods:
         for run_id in run_ids:
-            mcfg = RunConfig.from_dict(cfg.to_dict() | {"loss_type": method, "run_id": run_id})
+            mcfg = RunConfig.from_dict(cfg.to_dict() | {"method": method, "run_id": run_id})
             trainer = Trainer(mcfg, spec, root, id_counts, device, mcfg.resolved_seed(), vocab)
             t0 = time.perf_counter()
             for di, date in enumerate(days):
@@ -72,9 +72,10 @@ def summarise(df: pd.DataFrame) -> pd.DataFrame:
     value_cols = [c for c in df.columns if c == "joint" or c.endswith(" recall")]
     g = df.groupby(["method", "test_day"], sort=False)[value_cols].mean().reset_index()
     g["runs"] = df.groupby(["method", "test_day"], sort=False).size().values
-    g["order"] = g["method"].map(lambda m: PAPER_ORDER.index(m) if m in PAPER_ORDER else 99)
+    order = method_order()
+    g["order"] = g["method"].map(lambda m: order.index(m) if m in order else len(order))
     g = g.sort_values(["order", "test_day"]).drop(columns="order")
-    g["method"] = g["method"].map(lambda m: DISPLAY.get(m, m))
+    g["method"] = g["method"].map(display_name)
     return g
 
 
@@ -90,13 +91,12 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .config import add_common_flags, config_from_args
+    from .config import add_run_flags, config_from_args
 
     ap = OneLineParser(prog="python -m deep_components.streaming", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_flags(ap)
-    ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))
-    ap.add_argument("--methods", nargs="+", default=list(PAPER_ORDER))
+    add_run_flags(ap)
+    ap.add_argument("--methods", nargs="+", default=method_order())
     ap.add_argument("--run_ids", nargs="+", type=int, default=[30])
     ap.add_argument("--first_test_day", required=True)
     ap.add_argument("--last_test_day", default=None)
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        cfg = config_from_args(a, a.setting)
+        cfg = config_from_args(a)
         df = stream(cfg, a.methods, a.run_ids, a.first_test_day, a.last_test_day)
     except (DataError, UsageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

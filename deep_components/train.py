@@ -1,10 +1,13 @@
-"""The generic cascade trainer (METHODS.md §8), for any :class:`CascadeSpec`.
+"""The generic cascade trainer (docs/methods.md, "Training recipe"), for any :class:`CascadeSpec`.
 
 One pass over the training days in date order, each day shuffled (seeded) and cut into batches
 (last incomplete batch dropped); one Adam per tower (lr 0.01) plus one for the loss module's
 weights when it has any; each step: forward every tower on all N slots, loss dict, zero grads,
 one backward of ``"loss"``, step every optimiser (METHODS §5 shows this equals the reference's
 per-method update patterns).
+
+``python -m deep_components.train --setting NAME --method M ...`` trains any registered
+setting (``run_train2.py`` / ``run_train3.py`` are the paper's fixed-setting names for it).
 """
 from __future__ import annotations
 
@@ -23,41 +26,20 @@ from tqdm import tqdm
 from . import kernels
 from .cascade import CascadeSpec, get_spec
 from .config import RunConfig
+from .checkpoint import (CHECKPOINT_FILE, TOWERS_FILE, check_compatible, load_checkpoint, restore,
+                         save_checkpoint, save_towers)
 from .data import batch_indices, default_split, list_days, load_day, read_id_counts, synthetic_info
+from .data.batches import batch_to_device
 from .data.errors import DataError
 from .data.vocab import Vocabulary, load_vocabulary
 from .distributed import context
 from .lazy_adam import LazyAdam
 from .loss import build_loss
-from .models import build_tower
-from .runtime import (RunLock, TrainingError, UsageError, atomic_write, ensure_writable,
-                      environment, read_json, resolve_device, seed_everything, torch_load_error,
-                      write_json)
+from .models import build_models, forward_all
+from .runtime import (RunLock, TrainingError, UsageError, ensure_writable, environment, read_json,
+                      resolve_device, seed_everything, write_json)
 
 log = logging.getLogger("deep_components.train")
-
-CHECKPOINT = "towers.pt"
-
-
-def batch_to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    """numpy batch -> tensors: ids int32 as they are, masks bool, labels float32."""
-    out = {}
-    for k, v in batch.items():
-        t = torch.from_numpy(np.ascontiguousarray(v))
-        if k == "labels":
-            t = t.float()
-        out[k] = t.to(device, non_blocking=True)
-    return out
-
-
-def build_models(spec: CascadeSpec, id_counts: dict[str, int], emb_dim: int = 8, *,
-                 vocab: Vocabulary | None = None, seed: int = 0, sparse: bool = False,
-                 init: bool = True) -> list[nn.Module]:
-    """One tower per stage, in cascade order.  Tables are compact when ``vocab`` is given;
-    embedding rows start from (seed, stage position, field, id) (embedding_init)."""
-    return [build_tower(st.tower, id_counts, emb_dim, vocab=vocab, seed=seed, tower=t,
-                        sparse=sparse, init=init) for t, st in enumerate(spec.stages)]
-
 
 def build_optimizers(models: list[nn.Module], loss_fn: nn.Module, lr: float,
                      emb_optimizer: str = "adam") -> list[torch.optim.Optimizer]:
@@ -77,10 +59,6 @@ def build_optimizers(models: list[nn.Module], loss_fn: nn.Module, lr: float,
     if any(True for _ in loss_fn.parameters()):
         opts.append(torch.optim.Adam(loss_fn.parameters(), lr=lr))
     return opts
-
-
-def forward_all(models: list[nn.Module], b: dict[str, torch.Tensor]) -> list[torch.Tensor]:
-    return [m(b["context"], b["history"], b["history_mask"], b["items"]) for m in models]
 
 
 def resolve_split(cfg: RunConfig, days: list[str]) -> tuple[list[str], str]:
@@ -124,7 +102,7 @@ class Trainer:
 
             ids = [device.index] if device.type == "cuda" else None
             self.forward_models = [DDP(m, device_ids=ids) for m in self.models]
-        self.loss_fn = build_loss(cfg.loss_type, spec, mask_mode=cfg.mask_mode,
+        self.loss_fn = build_loss(cfg.method, spec, mask_mode=cfg.mask_mode,
                                   **cfg.loss_kwargs()).to(device)
         self.optimizers = build_optimizers(self.models, self.loss_fn, cfg.lr, cfg.emb_optimizer)
         self.params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
@@ -173,7 +151,7 @@ class Trainer:
         cfg = self.cfg
         arrays = self.load_rows(date, in_memory=True).arrays()
         batches = batch_indices(len(arrays["request_id"]), cfg.batch_size, seed=[self.seed, day_index])
-        bar = tqdm(range(start_batch, len(batches)), desc=f"{cfg.loss_type} run {cfg.run_id} {date}",
+        bar = tqdm(range(start_batch, len(batches)), desc=f"{cfg.method} run {cfg.run_id} {date}",
                    unit="batch", disable=not cfg.progress or not self.dist.is_main, leave=False,
                    dynamic_ncols=True,
                    initial=start_batch, total=len(batches))
@@ -254,7 +232,7 @@ def prepare_data(cfg: RunConfig, spec: CascadeSpec, root: Path, days: list[str],
 def checkpoint_meta(cfg: RunConfig, spec: CascadeSpec, id_counts: dict[str, int],
                     train_days: list[str], seed: int, vocab: Vocabulary | None = None) -> dict[str, Any]:
     """What a checkpoint must agree with to be resumed (checkpoint.MATCH_KEYS)."""
-    return {"setting": spec.name, "loss_type": cfg.loss_type, "towers": list(spec.towers),
+    return {"setting": spec.name, "method": cfg.method, "towers": list(spec.towers),
             "emb_dim": cfg.emb_dim, "id_counts": dict(id_counts), "loss_options": cfg.loss_kwargs(),
             "mask_mode": cfg.mask_mode, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "seq_len": cfg.seq_len, "train_days": list(train_days), "seed": seed, "tz": cfg.tz,
@@ -273,7 +251,7 @@ def _truncate_log(path: Path, step: int) -> None:
 
 
 #: what a training writes into its run folder (removed first by --overwrite)
-RESULT_FILES = ("config.json", "env.json", "loss_log.jsonl", "checkpoint.pt", CHECKPOINT,
+RESULT_FILES = ("config.json", "env.json", "loss_log.jsonl", "checkpoint.pt", TOWERS_FILE,
                 "train_summary.json", "metrics.json")
 
 
@@ -295,7 +273,6 @@ def train(cfg: RunConfig) -> Path:
     result is written (every day converted, the number of steps); the folder is locked for the
     whole run, and a folder this call created is removed again if the run fails before training
     starts."""
-    from .checkpoint import CHECKPOINT_FILE, check_compatible, load_checkpoint, restore
     from .config import validate
     from .data.cache import default_cache_dir
 
@@ -367,8 +344,6 @@ def train(cfg: RunConfig) -> Path:
 
 def _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, test_day, id_counts,
                   seed, device, vocab, existing) -> Path:
-    from .checkpoint import CHECKPOINT_FILE, save_checkpoint
-
     ctx = context()
     ckpt_path = run_dir / CHECKPOINT_FILE
     log_path = run_dir / "loss_log.jsonl"
@@ -447,33 +422,9 @@ def _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, tes
     return run_dir
 
 
-def save_towers(run_dir: Path, models: list[nn.Module], loss_fn: nn.Module, spec: CascadeSpec,
-                id_counts: dict[str, int], cfg: RunConfig, vocab: Vocabulary | None = None,
-                run_key: str | None = None) -> None:
-    """``towers.pt``: weights, loss weights, and what rebuilds the towers (incl. the vocabulary)."""
-    state = {"models": [m.state_dict() for m in models], "loss": loss_fn.state_dict(),
-             "meta": {"setting": spec.name, "loss_type": cfg.loss_type, "emb_dim": cfg.emb_dim,
-                      "towers": list(spec.towers), "id_counts": dict(id_counts),
-                      "vocab": "compact" if vocab is not None else "full", "run_key": run_key}}
-    if vocab is not None:
-        state["vocab"] = vocab.state()
-    atomic_write(run_dir / CHECKPOINT, lambda f: torch.save(state, f), "the trained towers")
+if __name__ == "__main__":
+    import sys
 
+    from .cli import main
 
-def load_towers(run_dir: Path, device: torch.device
-                ) -> tuple[list[nn.Module], dict[str, Any], Vocabulary | None]:
-    """(towers in cascade order, meta, vocabulary or None for full-size tables)."""
-    path = run_dir / CHECKPOINT
-    if not path.is_file():
-        raise UsageError(f"{path}: no trained towers in this run folder (train it first)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        meta = state["meta"]
-        spec = get_spec(meta["setting"])
-        vocab = Vocabulary.from_state(state["vocab"]) if "vocab" in state else None
-        models = build_models(spec, meta["id_counts"], meta["emb_dim"], vocab=vocab, init=False)
-        for m, sd in zip(models, state["models"], strict=True):
-            m.load_state_dict(sd)
-    except Exception as e:  # truncated/corrupt file, foreign content, mismatched shapes
-        raise torch_load_error(path, e, "the trained towers") from None
-    return [m.to(device) for m in models], meta, vocab
+    sys.exit(main(None, "train"))

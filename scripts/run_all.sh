@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Every method of the paper on one setting (RUN_IDS runs each), then one comparison table
 # (Markdown + CSV) and a PNG plot under RUNS_ROOT.   scripts/run_all.sh SETTING [extra flags]
-# Environment as scripts/launch.sh, plus METHODS (default: all eight, in the paper's order).
+# Environment as scripts/launch.sh, plus METHODS (default: every registered method, the paper's
+# in its table order: `python -m deep_components.loss`).
 set -euo pipefail
 SETTING=$1; shift
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 export LCRON_SYNTH_ANNOUNCED=1
-METHODS=${METHODS:-"bce icc rankflow fs_ranknet fs_lambdaloss arf arf_v2 lcron"}
+METHODS=${METHODS:-$("$PY" -m deep_components.loss | tr '\n' ' ')}
 TIMES=()
 for M in $METHODS; do
   echo "---- $SETTING / $M ----"

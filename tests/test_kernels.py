@@ -178,7 +178,7 @@ def test_runs_with_either_path_agree_and_say_which_ran(tiny_root, tmp_path, mode
 
     logs = {}
     for k in ("auto", "torch"):
-        cfg = RunConfig(setting="two_stage", loss_type="lcron", batch_size=32, data_dir=str(tiny_root),
+        cfg = RunConfig(setting="two_stage", method="lcron", batch_size=32, data_dir=str(tiny_root),
                         run_dir=str(tmp_path / k), progress=False, device="cpu", max_steps=6,
                         kernels=k)
         run = train(cfg)

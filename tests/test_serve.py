@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parent.parent
 def runs(tiny_root, tmp_path_factory):
     out = {}
     for setting in ("two_stage", "three_stage"):
-        cfg = RunConfig(setting=setting, loss_type="lcron", batch_size=32, data_dir=str(tiny_root),
+        cfg = RunConfig(setting=setting, method="lcron", batch_size=32, data_dir=str(tiny_root),
                         run_dir=str(tmp_path_factory.mktemp("serve") / setting), progress=False,
                         device="cpu", max_steps=10)
         out[setting] = train(cfg)

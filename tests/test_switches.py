@@ -74,8 +74,8 @@ def test_tau_switch(name, default):
     b, _, _ = _run(name, tau=1.0)
     assert a["loss"].item() != b["loss"].item()
     # --tau on the command line maps onto the loss option, 0 keeps the default
-    assert RunConfig(loss_type=name, tau=20.0).loss_kwargs() == {"tau": 20.0}
-    assert RunConfig(loss_type=name, tau=0.0).loss_kwargs() == {}
+    assert RunConfig(method=name, tau=20.0).loss_kwargs() == {"tau": 20.0}
+    assert RunConfig(method=name, tau=0.0).loss_kwargs() == {}
 
 
 def test_constants_are_overridable():

@@ -18,7 +18,8 @@ from deep_components.data import load_day, read_id_counts
 from deep_components.evaluate import evaluate
 from deep_components.runtime import seed_everything
 from deep_components.run_eval import evaluate_run
-from deep_components.train import build_models, train
+from deep_components.models import build_models
+from deep_components.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DAY = "2024-01-16"
@@ -26,7 +27,7 @@ TEST_DAY = "2024-01-16"
 
 def _cfg(root, runs, setting, method, run_id=None, batch_size=32, **kw):
     run_id = RUN_ID if run_id is None else run_id
-    return RunConfig(setting=setting, loss_type=method, run_id=run_id, batch_size=batch_size,
+    return RunConfig(setting=setting, method=method, run_id=run_id, batch_size=batch_size,
                      data_dir=str(root), runs_root=str(runs), progress=False, device="cpu", **kw)
 
 

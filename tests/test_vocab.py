@@ -17,7 +17,9 @@ from deep_components.embedding_init import fill_table, row_normals
 from deep_components.models import DSSM
 from deep_components.run_eval import evaluate_run
 from deep_components.runtime import UsageError
-from deep_components.train import build_models, load_towers, train
+from deep_components.checkpoint import load_towers
+from deep_components.models import build_models
+from deep_components.train import train
 
 DAYS = ["2024-01-13", "2024-01-14", "2024-01-15", "2024-01-16"]
 M64 = (1 << 64) - 1
@@ -117,7 +119,7 @@ def test_vocabulary_of_tiny_days_by_hand(tiny_root, tmp_path):
 
 
 def _cfg(root, runs, setting, method, **kw):
-    return RunConfig(setting=setting, loss_type=method, run_id=5, batch_size=32, data_dir=str(root),
+    return RunConfig(setting=setting, method=method, run_id=5, batch_size=32, data_dir=str(root),
                      runs_root=str(runs), progress=False, device="cpu", threads=1, **kw)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Iterator
 
 import numpy as np
+import torch
 
 from .recflow import DayData
 
@@ -26,3 +27,14 @@ def iter_batches(day: DayData, batch_size: int, *, seed: int | None = None, shuf
     for idx in batch_indices(day.num_requests, batch_size, seed=seed, shuffle=shuffle,
                              drop_last=drop_last):
         yield {k: v[idx] for k, v in arrays.items()}
+
+
+def batch_to_device(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """numpy batch -> tensors: ids int32 as they are, masks bool, labels float32."""
+    out = {}
+    for k, v in batch.items():
+        t = torch.from_numpy(np.ascontiguousarray(v))
+        if k == "labels":
+            t = t.float()
+        out[k] = t.to(device, non_blocking=True)
+    return out

@@ -18,17 +18,16 @@ from .registry import register
 from .sorting_base import SortingLoss
 
 
-@register("arf")
+@register("arf", display="ARF", paper_rank=6)
 class ARFLoss(SortingLoss):
     """Options: tau 200, support (per-stage m_t; default the quotas), sort, label_tau, eps."""
 
     OPTIONS = {**SortingLoss.SORT_OPTIONS, "tau": 200.0, "support": None}
+    STAGE_OPTIONS = {"support": 0}
 
     def __init__(self, spec, mask_mode: str = "true", **options):
         super().__init__(spec, mask_mode, **options)
         self.support = list(self.opts["support"] or spec.quotas)
-        if len(self.support) != spec.num_stages:
-            raise ValueError(f"{self.name}: support needs {spec.num_stages} values, got {self.support}")
         self.weights = UncertaintyWeights(spec.num_stages)
 
     def relax(self, P: Tensor, m: int, y: Tensor, y_bar: Tensor, sm: SortMasks) -> Tensor:

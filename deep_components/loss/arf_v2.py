@@ -15,7 +15,7 @@ from .base import SortMasks, column_normalised
 from .registry import register
 
 
-@register("arf_v2")
+@register("arf_v2", display="ARF-v2", paper_rank=7)
 class ARFv2Loss(ARFLoss):
     def relax(self, P: Tensor, m: int, y: Tensor, y_bar: Tensor, sm: SortMasks) -> Tensor:
         eps, n = self.opts["eps"], P.shape[-1]

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ..cascade import CascadeSpec
+if TYPE_CHECKING:                 # specs validate their loss options, so losses never import them
+    from ..cascade import CascadeSpec
 
 MASK_MODES = ("true", "reference")
 
@@ -28,27 +29,46 @@ def did_you_mean(name: str, valid) -> str:
 class CascadeLoss(nn.Module):
     """Base class: option handling, input checks and the forward contract.
 
-    Subclasses set ``OPTIONS`` (name -> default; every constant of METHODS §10 is one) and
-    implement :meth:`compute`.  Defaults that differ per setting come from
-    ``spec.loss_defaults[name]``; user options override both.  ``mask_mode`` is "true" (per-slot mask, METHODS §6.2) or
-    "reference" (the reference's prefix-from-count behaviour).
+    Subclasses set ``OPTIONS`` (name -> default; every constant of docs/methods.md is one) and
+    implement :meth:`compute`.  ``SETTING_OPTIONS`` names the options whose value differs between
+    settings: every spec must give them in ``spec.loss_defaults[name]`` (no silent fallback to
+    one setting's value).  ``STAGE_OPTIONS`` maps the per-stage options to the number of values
+    they take, as an offset from the number of stages (0: one per stage, -1: one per stage
+    boundary).  User options override the spec's.  ``mask_mode`` is "true" (per-slot mask,
+    methods.md "Padded slots") or "reference" (the reference's prefix-from-count behaviour).
     """
 
     OPTIONS: ClassVar[dict[str, Any]] = {}
+    SETTING_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    STAGE_OPTIONS: ClassVar[dict[str, int]] = {}
     name: ClassVar[str] = "?"
 
     def __init__(self, spec: CascadeSpec, mask_mode: str = "true", **options: Any):
         super().__init__()
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
-        unknown = [k for k in options if k not in self.OPTIONS]
-        if unknown:
-            k = unknown[0]
-            raise ValueError(f"loss {self.name!r} has no option {k!r}{did_you_mean(k, self.OPTIONS)}; "
-                             f"valid options: {sorted(self.OPTIONS) + ['mask_mode']}")
+        given = spec.loss_defaults.get(self.name, {})
+        for source, opts in ((f"cascade spec {spec.name!r} loss_defaults", given), ("", options)):
+            unknown = [k for k in opts if k not in self.OPTIONS]
+            if unknown:
+                k = unknown[0]
+                where = f"{source}: " if source else ""
+                raise ValueError(f"{where}loss {self.name!r} has no option {k!r}"
+                                 f"{did_you_mean(k, self.OPTIONS)}; valid options: "
+                                 f"{sorted(self.OPTIONS) + ['mask_mode']}")
+        missing = [k for k in self.SETTING_OPTIONS if k not in given]
+        if missing:
+            raise ValueError(f"cascade spec {spec.name!r}: loss_defaults[{self.name!r}] must set "
+                             f"{', '.join(missing)} (they differ between settings; see "
+                             "docs/methods.md, \"Per-setting constants\")")
         self.spec = spec
         self.mask_mode = mask_mode
-        self.opts = {**self.OPTIONS, **spec.loss_defaults.get(self.name, {}), **options}
+        self.opts = {**self.OPTIONS, **given, **options}
+        for k, offset in self.STAGE_OPTIONS.items():
+            v, want = self.opts[k], spec.num_stages + offset
+            if isinstance(v, (list, tuple)) and len(v) != want:
+                raise ValueError(f"{self.name}: option {k} needs {want} values for cascade spec "
+                                 f"{spec.name!r} ({spec.num_stages} stages), got {list(v)}")
 
     def forward(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict[str, Any]:
         T, N = self.spec.num_stages, self.spec.num_slots

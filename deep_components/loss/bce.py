@@ -9,7 +9,7 @@ from .base import CascadeLoss, as_float
 from .registry import register
 
 
-@register("bce")
+@register("bce", display="BCE", paper_rank=1)
 class BCELoss(CascadeLoss):
     """Stage t: mean over B x n_t of mask * BCE(s_t, 1[slot in group 0]) on its first n_t slots.
 
@@ -18,6 +18,7 @@ class BCELoss(CascadeLoss):
     """
 
     OPTIONS = {"bce_slots": None}
+    STAGE_OPTIONS = {"bce_slots": 0}
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
         slots = self.opts["bce_slots"] or [st.bce_slots for st in self.spec.stages]

@@ -40,7 +40,7 @@ def pair_weights(s: Tensor, lab: Tensor, top_n: int, mu: float) -> Tensor:
     return (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs() * ((1.0 - mu) * u + mu * v)
 
 
-@register("fs_lambdaloss")
+@register("fs_lambdaloss", display="FS-LambdaLoss", paper_rank=5)
 class FSLambdaLoss(CascadeLoss):
     OPTIONS = {"top_n": 30, "mu": 0.8}
 

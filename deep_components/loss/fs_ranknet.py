@@ -18,9 +18,10 @@ from .base import CascadeLoss, as_float
 from .registry import register
 
 
-@register("fs_ranknet")
+@register("fs_ranknet", display="FS-RankNet", paper_rank=4)
 class FSRankNetLoss(CascadeLoss):
     OPTIONS = {"anchor_mask": True}
+    SETTING_OPTIONS = ("anchor_mask",)
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
         spec, true_mode = self.spec, self.mask_mode == "true"

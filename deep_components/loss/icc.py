@@ -19,11 +19,12 @@ from .base import CascadeLoss, as_float
 from .registry import register
 
 
-@register("icc")
+@register("icc", display="ICC", paper_rank=2)
 class ICCLoss(CascadeLoss):
     """Options: sigma_ind 1e-3; cutoffs and multipliers (default: the stages' icc_* fields)."""
 
     OPTIONS = {"sigma_ind": 1e-3, "cutoffs": None, "multipliers": None}
+    STAGE_OPTIONS = {"cutoffs": 0, "multipliers": 0}
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
         stages = self.spec.stages

@@ -23,7 +23,7 @@ from .sorting_base import SortingLoss
 TERMS = ("both", "single", "e2e")
 
 
-@register("lcron")
+@register("lcron", display="LCRON", paper_rank=8)
 class LCRONLoss(SortingLoss):
     """Options (defaults reproduce the reference):
 
@@ -37,6 +37,8 @@ class LCRONLoss(SortingLoss):
 
     OPTIONS = {**SortingLoss.SORT_OPTIONS, "tau": 50.0, "k": None, "e2e_k": "gt", "terms": "both",
                "fixed_weights": None}
+    SETTING_OPTIONS = ("hard_labels",)
+    STAGE_OPTIONS = {"fixed_weights": 0}
 
     def __init__(self, spec, mask_mode: str = "true", **options):
         super().__init__(spec, mask_mode, **options)

@@ -31,9 +31,24 @@ def _select(x: Tensor, allowed: Tensor, k: int) -> Tensor:
     return torch.zeros_like(allowed).scatter(-1, idx, True)
 
 
-@register("rankflow")
+@register("rankflow", display="RankFlow", paper_rank=3)
 class RankFlowLoss(CascadeLoss):
     OPTIONS = {"top": None, "splits": (10,), "mse_weight": 1.0, "pair_weight": 0.0}
+    SETTING_OPTIONS = ("splits", "mse_weight", "pair_weight")
+    STAGE_OPTIONS = {"splits": -1}
+
+    def __init__(self, spec, mask_mode: str = "true", **options):
+        super().__init__(spec, mask_mode, **options)
+        splits = self.opts["splits"]
+        if not isinstance(splits, (list, tuple)):
+            raise ValueError(f"rankflow: splits must be a list of {spec.num_stages - 1} sizes, "
+                             f"got {splits!r}")
+        top = size = int(self.opts["top"] or spec.quotas[0])
+        for k in splits:                     # each set is a subset of the previous one
+            if not (isinstance(k, int) and 1 <= k <= size):
+                raise ValueError(f"rankflow: splits {list(splits)} must shrink from top={top} "
+                                 f"(whole numbers >= 1) for cascade spec {spec.name!r}")
+            size = k
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
         spec, o = self.spec, self.opts
