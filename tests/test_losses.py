@@ -10,7 +10,7 @@ from deep_components.cascade import THREE_STAGE, TWO_STAGE
 from deep_components.loss import LOSSES, build_loss
 from deep_components.sorting import label_permutation_matrix, neural_sort, soft_sort
 
-from selfcheck_inputs import selfcheck_inputs
+from deep_components.selfcheck import selfcheck_inputs
 
 SPECS = {"two": TWO_STAGE, "three": THREE_STAGE}
 
@@ -309,3 +309,18 @@ def test_registry_errors():
     logits, labels, mask = selfcheck_inputs(TWO_STAGE)
     with pytest.raises(ValueError, match="expected 2 logit tensors"):
         build_loss("bce", TWO_STAGE)(logits[:1], labels, mask)
+
+
+@pytest.mark.parametrize("setting", ["two", "three"])
+def test_selfcheck_command_prints_the_documented_values(setting, capsys):
+    """docs/methods.md points readers at this command for the self-check values."""
+    from deep_components.selfcheck import main
+
+    spec = SPECS[setting]
+    assert main(["--setting", spec.name]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    for name in METHODS:
+        line = next(x for x in lines if x.startswith(f"{name}: loss "))
+        assert _close(float(line.split()[2]), EXPECTED[(setting, name)][0], rel=1e-6), line
+        g_norm = float(line.split("|g| ")[1].split(",")[0])
+        assert _close(g_norm, EXPECTED[(setting, name)][1][0][0], rel=1e-5), line

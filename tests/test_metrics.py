@@ -10,7 +10,7 @@ import torch
 from deep_components import metrics as M
 from deep_components.cascade import THREE_STAGE, TWO_STAGE
 
-from selfcheck_inputs import selfcheck_inputs
+from deep_components.selfcheck import selfcheck_inputs
 
 # (setting, stage index) -> (NDCG@10, Recall@10@M, Kendall tau-b)   -- METHODS §11
 EXPECTED = {

@@ -10,7 +10,7 @@ from deep_components.cascade import THREE_STAGE, TWO_STAGE
 from deep_components.config import RunConfig
 from deep_components.loss import build_loss
 
-from selfcheck_inputs import selfcheck_inputs
+from deep_components.selfcheck import selfcheck_inputs
 
 
 def _run(name, spec=TWO_STAGE, **opts):
