@@ -31,7 +31,6 @@ from pathlib import Path
 from report import emit_table  # bench/report.py (this folder is on sys.path when run as a script)
 
 HERE = Path(__file__).resolve().parent.parent
-ALL_METHODS = ["bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron"]
 
 
 def tower_flops(tower: str, N: int, H: float) -> float:
@@ -45,6 +44,16 @@ def tower_flops(tower: str, N: int, H: float) -> float:
         attention = H * lin(40, 80) + N * lin(40, 80) + N * H * (80 + 80 + 2 * 80) + N * H * 2 * 40
         return attention + N * (lin(168, 128) + lin(128, 128) + lin(128, 32) + lin(32, 1))
     raise ValueError(tower)
+
+
+def registered_methods(repo: str) -> list[str]:
+    """The measured checkout's methods, in table order (its ``python -m deep_components.loss``)."""
+    r = subprocess.run([sys.executable, "-m", "deep_components.loss"], cwd=repo, capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"error: {repo}: cannot list its methods ({r.stderr.strip()[-200:]}); "
+                         "pass --methods")
+    return r.stdout.split()
 
 
 def peak_rss_mb() -> float:
@@ -187,7 +196,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data_dir", default="data/synthetic/small")
     ap.add_argument("--settings", nargs="+", default=["two_stage", "three_stage"])
-    ap.add_argument("--methods", nargs="+", default=ALL_METHODS)
+    ap.add_argument("--methods", nargs="+", default=None,
+                    help="default: every registered method")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batch_size", type=int, default=1024)
@@ -208,7 +218,7 @@ def main() -> int:
                          "deep_components.data.synthetic --preset small --out data/synthetic/small)")
     rows = []
     for setting in a.settings:
-        for i, method in enumerate(a.methods):
+        for i, method in enumerate(a.methods or registered_methods(a.repo)):
             r = run_child(a, setting, method, with_eval=i == 0)
             rows.append(r)
             if len(rows) == 1:

@@ -5,8 +5,8 @@ stages the cascade has (in cascade order, first stage first), how many items eac
 where the graded labels come from.  Every other module takes a spec; nothing else hard-codes
 group names, ``N = 40/50`` or the quotas.  A new cascade (say four stages) is one new spec.
 
-Per-method constants that do not follow a closed formula (docs/methods.md, "Per-setting
-constants") live in the spec: per-stage ones as :class:`Stage` fields, per-setting switches in
+Per-method constants that do not follow a closed formula (docs/methods.md §0.2, §10) live in
+the spec: per-stage ones as :class:`Stage` fields, per-setting switches in
 ``loss_defaults``; loss code reads them instead of branching on the number of stages.  A spec is
 checked when it is made: its shape (groups, quotas that shrink along the cascade, distinct
 stage names, known towers) and every loss option it sets (known method, known option, one value
@@ -36,8 +36,8 @@ class Stage:
     name: the stage's name (metric and loss-component keys), e.g. "retrieval", "prerank";
     tower: a registered tower ("dssm", "mlp", "din"; models.TOWERS);
     quota: how many items the stage keeps (Recall@10@quota, joint-recall cascade, ARF support).
-    bce_slots: how many leading slots the stage's pointwise BCE sees (docs/methods.md, BCE).
-    icc_cutoff / icc_multiplier: ICC's survival cut-off and ensemble multiplier (methods.md, ICC).
+    bce_slots: how many leading slots the stage's pointwise BCE sees (docs/methods.md §4.1).
+    icc_cutoff / icc_multiplier: ICC's survival cut-off and ensemble multiplier (methods.md §4.2).
     """
 
     name: str
@@ -59,7 +59,7 @@ class CascadeSpec:
     gt_num: int = 10
     #: all_stage column holding the positive group's index (rank_index / rerank_index).
     index_column: str = "rank_index"
-    #: Per-method option values of this setting (docs/methods.md, "Per-setting constants"), e.g.
+    #: Per-method option values of this setting (docs/methods.md §10), e.g.
     #: LCRON's hard label matrix in three-stage.  A method's SETTING_OPTIONS must all be given
     #: here; user options override them.
     loss_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

@@ -1,4 +1,4 @@
-"""Evaluation of a trained cascade on a test day (docs/methods.md, "Metrics").
+"""Evaluation of a trained cascade on a test day (docs/methods.md §7).
 
 ``python -m deep_components.evaluate --setting NAME --method M ...`` evaluates a run folder of
 any registered setting (``run_test2.py`` / ``run_test3.py`` are the paper's names for it).
@@ -7,7 +7,7 @@ Scores every request of the day (no dropped batch), then computes per request: j
 recall and, per stage, Recall@10@quota, NDCG@10 and Kendall τ; averages over all requests
 (Kendall over requests where it is defined).  Ties are broken as the reference does: a NumPy
 legacy RNG seeded with 1024 draws one column permutation per batch of ``batch_size`` requests,
-first for the joint pass, then for each stage from the last to the first (METHODS §7.1).
+first for the joint pass, then for each stage from the last to the first (methods.md §7.1).
 """
 from __future__ import annotations
 

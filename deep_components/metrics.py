@@ -1,4 +1,4 @@
-"""Evaluation metrics, per request and vectorised (METHODS.md §7, API of §0.1).
+"""Evaluation metrics, per request and vectorised (docs/methods.md §7, API of §0.1).
 
 Each function takes ``[R, N]`` numpy arrays or torch tensors (any device) and returns a numpy
 array ``[R]`` of per-request values; callers average.  Corrections of §7.7 for padded slots are
@@ -61,7 +61,7 @@ def _ground_truth(lab: np.ndarray, m: np.ndarray, k: int) -> np.ndarray:
 
 
 def recall_at_k(scores, labels, mask, k: int = 10, *, m: int, perm=None) -> np.ndarray:
-    """|top-k labels ∩ top-m scores| / k per request (METHODS §7.2)."""
+    """|top-k labels ∩ top-m scores| / k per request (methods.md §7.2)."""
     s, lab, msk = _prepare(scores, labels, mask, perm)
     gt = _ground_truth(lab, msk, k)
     sel = _top_set(np.where(msk, s, -np.inf), m)
@@ -147,7 +147,7 @@ def _kendall_block(s: np.ndarray, lab: np.ndarray, m: np.ndarray) -> np.ndarray:
 
 def cascade_recall(stage_scores: Sequence, labels, mask, quotas: Sequence[int], k: int = 10,
                    *, perm=None) -> np.ndarray:
-    """Joint recall of the cascade (METHODS §7.5): stage t keeps its top ``quotas[t]`` among the
+    """Joint recall of the cascade (methods.md §7.5): stage t keeps its top ``quotas[t]`` among the
     survivors of stage t-1; recall = |survivors of the last stage ∩ top-k labels| / k."""
     if len(stage_scores) != len(quotas):
         raise ValueError(f"need one quota per stage, got {len(stage_scores)} stages and "

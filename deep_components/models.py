@@ -1,4 +1,4 @@
-"""The stage towers (docs/methods.md, "Towers"): DSSM (two-tower), DIN (target attention), MLP.
+"""The stage towers (docs/methods.md §9): DSSM (two-tower), DIN (target attention), MLP.
 
 Every tower is a :class:`Tower`: it has its own embedding tables and scores all N candidate
 slots of a request,
@@ -140,7 +140,7 @@ def user_input(emb: FeatureEmbeddings, context: Tensor, history: Tensor,
     """DSSM/MLP user input [B, 104]: context (64) ⊕ mean history ψ (40).
 
     The mean sums all H rows (padded ones too: they contribute e_cate1[0]) and divides by
-    max(#valid, 1), as the reference does (METHODS §9.3).
+    max(#valid, 1), as the reference does (methods.md §9.3).
     """
     seq_len = history_mask.sum(-1, keepdim=True).clamp(min=1).to(torch.float32)
     mean_hist = emb.item(history).sum(1) / seq_len

@@ -1,4 +1,4 @@
-"""Differentiable sorting operators (METHODS.md §3.1-3.3).
+"""Differentiable sorting operators (docs/methods.md §3.1-3.3).
 
 All return a row-stochastic matrix ``P [B, N, N]`` with **row p = sorted position p (descending,
 row 0 is the largest), column i = slot i**.
@@ -42,7 +42,7 @@ def get_sorter(name: str):
 
 
 def label_permutation_matrix(labels: Tensor) -> Tensor:
-    """Exact ``NeuralSort(labels, tau=1e-4)`` for integer-valued labels (METHODS §3.3).
+    """Exact ``NeuralSort(labels, tau=1e-4)`` for integer-valued labels (methods.md §3.3).
 
     labels [B, N] -> L0 [B, N, N] with ``L0[p, i] = 1/|g(i)|`` when position p lies in the block
     of sorted positions that the tie class g(i) of slot i occupies, else 0.  Every column sums

@@ -1,9 +1,9 @@
-"""The generic cascade trainer (docs/methods.md, "Training recipe"), for any :class:`CascadeSpec`.
+"""The generic cascade trainer (docs/methods.md §8), for any :class:`CascadeSpec`.
 
 One pass over the training days in date order, each day shuffled (seeded) and cut into batches
 (last incomplete batch dropped); one Adam per tower (lr 0.01) plus one for the loss module's
 weights when it has any; each step: forward every tower on all N slots, loss dict, zero grads,
-one backward of ``"loss"``, step every optimiser (METHODS §5 shows this equals the reference's
+one backward of ``"loss"``, step every optimiser (methods.md §5 shows this equals the reference's
 per-method update patterns).
 
 ``python -m deep_components.train --setting NAME --method M ...`` trains any registered

@@ -1,4 +1,4 @@
-"""Losses: METHODS §11 self-check values, gradient checks, mask modes (§6.2), registry."""
+"""Losses: methods.md §11 self-check values, gradient checks, mask modes (§6.2), registry."""
 from __future__ import annotations
 
 import math
@@ -14,7 +14,7 @@ from deep_components.selfcheck import selfcheck_inputs
 
 SPECS = {"two": TWO_STAGE, "three": THREE_STAGE}
 
-# (loss, [(|g_t|, g_t[0,0]) per stage], [dL/dw_t] or None, {component: value})  -- METHODS §11
+# (loss, [(|g_t|, g_t[0,0]) per stage], [dL/dw_t] or None, {component: value})  -- methods.md §11
 EXPECTED = {
     ("two", "bce"): (1.9249246, [(6.685802e-02, -4.083524e-03), (9.101927e-02, -5.152582e-03)],
                      None, {}),
@@ -64,7 +64,7 @@ EXPECTED = {
                           "single/prerank": 2.3874516, "single/rank": 2.5392754}),
 }
 METHODS = sorted({name for _, name in EXPECTED})
-#: the recommended component names (METHODS §4) of each method, per setting
+#: the recommended component names (methods.md §4) of each method, per setting
 COMPONENTS = {
     ("two", "rankflow"): {"bce/retrieval", "bce/prerank", "mse/retrieval"},
     ("three", "rankflow"): {"bce/retrieval", "bce/prerank", "mse/retrieval", "pair/retrieval",

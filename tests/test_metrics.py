@@ -1,4 +1,4 @@
-"""Metrics: METHODS §11 values and brute-force references (with ties and padded slots)."""
+"""Metrics: methods.md §11 values and brute-force references (with ties and padded slots)."""
 from __future__ import annotations
 
 import math
@@ -12,7 +12,7 @@ from deep_components.cascade import THREE_STAGE, TWO_STAGE
 
 from deep_components.selfcheck import selfcheck_inputs
 
-# (setting, stage index) -> (NDCG@10, Recall@10@M, Kendall tau-b)   -- METHODS §11
+# (setting, stage index) -> (NDCG@10, Recall@10@M, Kendall tau-b)   -- methods.md §11
 EXPECTED = {
     ("two", 0): (0.335560, 0.85, -0.114198), ("two", 1): (0.353620, 0.60, 0.015508),
     ("three", 0): (0.362937, 0.85, 0.041540), ("three", 1): (0.332431, 0.65, -0.022980),

@@ -1,4 +1,4 @@
-"""Towers: parameter counts of METHODS §9, DIN split attention = concatenated form, padding."""
+"""Towers: parameter counts of methods.md §9, DIN split attention = concatenated form, padding."""
 from __future__ import annotations
 
 import copy

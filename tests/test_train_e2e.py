@@ -16,6 +16,7 @@ from deep_components.collect import collect
 from deep_components.config import RunConfig
 from deep_components.data import load_day, read_id_counts
 from deep_components.evaluate import evaluate
+from deep_components.loss import method_order
 from deep_components.runtime import seed_everything
 from deep_components.run_eval import evaluate_run
 from deep_components.models import build_models
@@ -48,7 +49,7 @@ MARGIN = {"icc": 0.04, "rankflow": 0.10}
 BATCH = {("icc", "two_stage"): 16}
 RUN_ID = 3
 ICC_RUN_IDS = (3, 4, 5)
-METHODS = ["bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf", "arf_v2", "lcron"]
+METHODS = method_order()            # every registered method
 
 
 @pytest.mark.parametrize("setting", ["two_stage", "three_stage"])

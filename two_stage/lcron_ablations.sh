@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The paper's two-stage LCRON ablations (METHODS §0), each as a tagged variant with RUN_IDS
+# The paper's two-stage LCRON ablations (methods.md §0), each as a tagged variant with RUN_IDS
 # runs (default five), then one table with a row per variant (runs/<...>/two_stage_lcron.md).
 #   ABLATIONS="terms quota softsort tau fixed" (default: all groups)
 # Environment as scripts/launch.sh.  Each variant is also one documented command, e.g.

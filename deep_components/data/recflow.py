@@ -1,4 +1,4 @@
-"""Read one RecFlow day into compact per-request arrays (RECFLOW_FORMAT.md, "One training example").
+"""Read one RecFlow day into compact per-request arrays (data/README.md, "One training example").
 
 Everything is vectorised with numpy/pyarrow: request-level features come from the first row of
 each request, positive indices from a sorted-key look-up of ``(request_id, video_id)``, calendar

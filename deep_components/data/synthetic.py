@@ -1,4 +1,4 @@
-"""A synthetic RecFlow world, written in exactly the RecFlow layout (RECFLOW_FORMAT.md).
+"""A synthetic RecFlow world, written in exactly the RecFlow layout (data/README.md).
 
 Usage::
 
@@ -54,7 +54,7 @@ FLAG_COLUMNS = ("realshow", "rerank_pos", "rerank_neg", "rank_pos", "rank_neg", 
                 "prerank_neg")
 FEEDBACK_COLUMNS = ("playing_time", "effective_view", "long_view", "like", "follow", "forward",
                     "comment")
-#: RecFlow's real id cardinalities (RECFLOW_FORMAT.md), used by the recflow-scale preset.
+#: RecFlow's real id cardinalities (data/README.md), used by the recflow-scale preset.
 RECFLOW_ID_COUNTS = {
     "user_id": 42_472, "device_id": 42_561, "age": 8, "gender": 3, "province": 79,
     "video_id": 82_216_301, "author_id": 33_474_011, "category_level_one": 140,

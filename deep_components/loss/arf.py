@@ -1,5 +1,5 @@
 """ARF: per stage, a relaxed top-m recall term plus an uncertainty-weighted global permutation
-cross-entropy (METHODS.md §4.6).
+cross-entropy (docs/methods.md §4.6).
 
 With P̃_t = NeuralSort(s_t, 200) ⊙ S, m_t the stage's quota, Λ the soft label matrix and
 y = Top_10(Λ):

@@ -1,4 +1,4 @@
-"""ARF-v2: ARF with L_relax replaced by a column-normalised two-sided term (METHODS.md §4.7).
+"""ARF-v2: ARF with L_relax replaced by a column-normalised two-sided term (docs/methods.md §4.7).
 
     L_relax,t = mean_b 1[c_b > m_t] (1/N) Σ_i [-ln(U_i + ε) y_i v_i - ln(D_i + ε) ȳ_i v_i]
 

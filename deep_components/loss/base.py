@@ -1,8 +1,8 @@
-"""The loss interface (METHODS.md §2) and the helpers every cascade loss shares.
+"""The loss interface (docs/methods.md §2) and the helpers every cascade loss shares.
 
 A loss is a ``torch.nn.Module`` built by ``build_loss(name, spec, **options)`` and called as
 ``loss(logits, labels, mask)`` with ``logits`` a list of T tensors [B, N] in cascade order,
-``labels`` float [B, N] (graded, METHODS §1.2) and ``mask`` bool [B, N].  It returns a dict whose
+``labels`` float [B, N] (graded, methods.md §1.2) and ``mask`` bool [B, N].  It returns a dict whose
 ``"loss"`` is the scalar to minimise (the sum over every stage's loss) and whose other keys are
 detached float components for logging.
 """
@@ -35,7 +35,7 @@ class CascadeLoss(nn.Module):
     one setting's value).  ``STAGE_OPTIONS`` maps the per-stage options to the number of values
     they take, as an offset from the number of stages (0: one per stage, -1: one per stage
     boundary).  User options override the spec's.  ``mask_mode`` is "true" (per-slot mask,
-    methods.md "Padded slots") or "reference" (the reference's prefix-from-count behaviour).
+    methods.md §6.2) or "reference" (the reference's prefix-from-count behaviour).
     """
 
     OPTIONS: ClassVar[dict[str, Any]] = {}
@@ -60,7 +60,7 @@ class CascadeLoss(nn.Module):
         if missing:
             raise ValueError(f"cascade spec {spec.name!r}: loss_defaults[{self.name!r}] must set "
                              f"{', '.join(missing)} (they differ between settings; see "
-                             "docs/methods.md, \"Per-setting constants\")")
+                             "docs/methods.md §10)")
         self.spec = spec
         self.mask_mode = mask_mode
         self.opts = {**self.OPTIONS, **given, **options}
@@ -94,7 +94,7 @@ class CascadeLoss(nn.Module):
 
 @dataclass
 class SortMasks:
-    """Masks of the sorting-based losses (METHODS §1.3, §3.4) for one batch.
+    """Masks of the sorting-based losses (methods.md §1.3, §3.4) for one batch.
 
     count [B] valid slots; slot [B, N] the per-slot factor v_i (true mask or count prefix);
     pair [B, N, N] S[p, i] (position prefix on rows x ``slot`` on columns);
@@ -123,14 +123,14 @@ def top_tail(P: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 
 def column_normalised(P: Tensor, k: int, eps: float) -> tuple[Tensor, Tensor]:
-    """(U_k, D_k) of METHODS §3.5: top-k and tail mass over the *detached* column sum."""
+    """(U_k, D_k) of methods.md §3.5: top-k and tail mass over the *detached* column sum."""
     top, tail = top_tail(P, k)
     denom = P.sum(1).detach() + eps
     return top / denom, tail / denom
 
 
 class UncertaintyWeights(nn.Module):
-    """One learnable scalar per stage, initialised to 1.0, in cascade order (METHODS §2.2)."""
+    """One learnable scalar per stage, initialised to 1.0, in cascade order (methods.md §2.2)."""
 
     def __init__(self, num_stages: int):
         super().__init__()

@@ -1,4 +1,4 @@
-"""BCE: independent pointwise training of every stage (METHODS.md §4.1)."""
+"""BCE: independent pointwise training of every stage (docs/methods.md §4.1)."""
 from __future__ import annotations
 
 import torch

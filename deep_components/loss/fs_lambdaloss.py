@@ -1,4 +1,4 @@
-"""FS-LambdaLoss: LambdaLoss with a smoothed pair discount, per stage (METHODS.md §4.5).
+"""FS-LambdaLoss: LambdaLoss with a smoothed pair discount, per stage (docs/methods.md §4.5).
 
 Per request, with ranks r (1 = highest score), linear gains ĝ = ℓ / IDCG (IDCG over the full
 list, natural-log discount), and for slots i, j with d = |r_i - r_j|:

@@ -1,5 +1,5 @@
 """FS-RankNet: per stage, every group's slots (anchors) against every slot of the later groups
-(opponents) with a pairwise logistic loss (METHODS.md §4.4).
+(opponents) with a pairwise logistic loss (docs/methods.md §4.4).
 
     L_a    = Σ_b Σ_{i∈A_a} Σ_{j∈O_a} w_i sp(s_j - s_i) / (n_a · Z_a),   n_a = |O_a| = 10 (G-1-a)
     stage  = Σ_{a=0}^{G-2} L_a,    loss = Σ_t stage(s_t)

@@ -1,5 +1,5 @@
 """ICC: a joint cascade score built from soft survival indicators, trained with a pairwise
-logistic loss over the slot order (METHODS.md §4.2).
+logistic loss over the slot order (docs/methods.md §4.2).
 
     κ_t   = the k_t-th largest score of stage t (not detached: its gradient reaches that slot)
     I_t   = σ((s_t - κ_t) / σ_ind)

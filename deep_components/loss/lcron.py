@@ -1,5 +1,5 @@
 """LCRON: end-to-end survival lower bound plus uncertainty-weighted per-stage losses
-(METHODS.md §4.8, §3.3-3.6).
+(docs/methods.md §4.8, §3.3-3.6).
 
 With P̃_t = sort(s_t, τ) ⊙ S, U_t/D_t its column-normalised top-k / tail mass (detached column
 sums), y / ȳ the top-10 / tail mass of the label matrix Λ:

@@ -1,5 +1,5 @@
 """RankFlow: joint training with BCE, distillation from the next stage and a top-k pairwise
-term (METHODS.md §4.3), written once for any number of stages.
+term (docs/methods.md §4.3), written once for any number of stages.
 
 With y = 1[slot in group 0] and S_1 = top q_1 slots of s_1:
 

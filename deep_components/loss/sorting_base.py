@@ -1,4 +1,4 @@
-"""Shared machinery of the sorting-based losses (ARF, ARF-v2, LCRON): METHODS.md §3."""
+"""Shared machinery of the sorting-based losses (ARF, ARF-v2, LCRON): docs/methods.md §3."""
 from __future__ import annotations
 
 from typing import Any
