@@ -62,6 +62,19 @@ RECFLOW_ID_COUNTS = {
 }
 HISTORY_LEN = 50
 GROUP = 10
+#: the terms of the planted relevance r, in the order of a stage_views row ("residual" is
+#: sigma_r * noise: relevance no feature of the dataset carries)
+RELEVANCE_TERMS = ("latent", "pref", "pop", "cate2", "author", "hour", "recent", "residual")
+#: the logged cascade of the default world (small, medium); data/README.md argues each row
+PRODUCTION_VIEWS = (
+    # latent pref  pop  cate2 author hour recent residual
+    (1.0, 1.0, 1.5, 0.5, 0.0, 0.0, 0.0, 0.0),    # pre-rank: cheap item and category signals
+    (1.0, 1.0, 1.2, 1.0, 1.0, 0.0, 0.0, 0.0),    # coarse rank: adds item quality
+    (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0),    # rank: every signal, the session included
+    (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0),    # rerank: rank's view plus business rules
+)
+PRODUCTION_WORLD = dict(stage_views=PRODUCTION_VIEWS, stage_latent_dims=(2, 4, 8, 8),
+                        w_recent=1.0, recent_views=5, w_fresh=0.5)
 
 
 @dataclass
@@ -96,6 +109,20 @@ class WorldParams:
     w_hour: float = 0.4
     sigma_r: float = 0.3
     stage_noise: tuple[float, float, float, float] = (1.2, 1.0, 0.8, 0.6)  # prerank..rerank
+    # the logged cascade's stage models (data/README.md, "The logged cascade").  None: every
+    # stage sees the whole relevance r plus its own noise (the first world, preset small-v1);
+    # else one row per stage (prerank, coarse, rank, rerank) of weights on the relevance terms
+    # RELEVANCE_TERMS, relative to their weight in r (1 = seen as the truth weighs it,
+    # 0 = not seen, > 1 = over-weighted: a bias)
+    stage_views: tuple[tuple[float, ...], ...] | None = None
+    #: latent dimensions each stage's model resolves (a coarse embedding early, all of it late)
+    stage_latent_dims: tuple[int, int, int, int] = (8, 8, 8, 8)
+    #: weight in r of the user's session interest: the share of the last ``recent_views``
+    #: effective views whose level-two category is the candidate's
+    w_recent: float = 0.0
+    recent_views: int = 5
+    #: rerank's freshness boost (a business rule, not relevance): w_fresh * exp(-age_days / 7)
+    w_fresh: float = 0.0
     # histories and padding
     prehistory_views: int = 30
     short_frac: float = 0.03
@@ -105,6 +132,16 @@ class WorldParams:
     chunk_requests: int | None = None
 
     def validate(self) -> None:
+        if self.stage_views is not None:
+            if len(self.stage_views) != 4 or any(len(v) != len(RELEVANCE_TERMS)
+                                                 for v in self.stage_views):
+                raise ValueError(f"stage_views needs 4 rows (prerank, coarse, rank, rerank) of "
+                                 f"{len(RELEVANCE_TERMS)} weights ({', '.join(RELEVANCE_TERMS)})")
+        if len(self.stage_latent_dims) != 4 or not all(
+                1 <= k <= self.latent_dim for k in self.stage_latent_dims):
+            raise ValueError(f"stage_latent_dims needs 4 values in 1..latent_dim={self.latent_dim}")
+        if self.recent_views < 1:
+            raise ValueError("recent_views must be >= 1")
         if not (self.pool_size - self.prerank_keep >= GROUP and
                 self.prerank_keep - self.coarse_keep >= GROUP and
                 self.coarse_keep - self.rerank_size >= GROUP and
@@ -142,10 +179,17 @@ PRESETS: dict[str, dict] = {
                  cate2=48, upload_types=8, pool_size=70, prerank_keep=50, coarse_keep=35),
     "small": dict(days=6, requests_per_day=8_192, users=1_000, videos=6_000, authors=1_000,
                   cate1=20, cate2=100, upload_types=10, pool_size=100, prerank_keep=70,
-                  coarse_keep=50),
+                  coarse_keep=50, **PRODUCTION_WORLD),
     "medium": dict(days=6, requests_per_day=50_000, users=20_000, videos=200_000,
                    authors=30_000, cate1=40, cate2=400, upload_types=20, pool_size=100,
-                   prerank_keep=70, coarse_keep=50),
+                   prerank_keep=70, coarse_keep=50, **PRODUCTION_WORLD),
+    # the first world (every stage sees r plus noise), kept to compare side by side
+    "small-v1": dict(days=6, requests_per_day=8_192, users=1_000, videos=6_000, authors=1_000,
+                     cate1=20, cate2=100, upload_types=10, pool_size=100, prerank_keep=70,
+                     coarse_keep=50),
+    "medium-v1": dict(days=6, requests_per_day=50_000, users=20_000, videos=200_000,
+                      authors=30_000, cate1=40, cate2=400, upload_types=20, pool_size=100,
+                      prerank_keep=70, coarse_keep=50),
     "recflow-scale": dict(days=2, requests_per_day=2_000, users=2_000, videos=50_000,
                           authors=10_000, cate1=140, cate2=784, upload_types=40, pool_size=100,
                           prerank_keep=70, coarse_keep=50, id_space=dict(RECFLOW_ID_COUNTS)),
@@ -192,6 +236,8 @@ class World:
     video_pop: np.ndarray               # [V] log-popularity
     video_latent: np.ndarray            # [V, d]
     video_static: np.ndarray            # [V] item-only relevance part
+    cate2_quality: np.ndarray           # [C2]
+    author_quality: np.ndarray          # [A]
     hour_cate: np.ndarray               # [24, C1]
     by_cate1_order: np.ndarray          # videos sorted by cate1
     by_cate1_start: np.ndarray          # [C1 + 1] offsets into by_cate1_order
@@ -254,7 +300,8 @@ def build_world(p: WorldParams, rng: np.random.Generator) -> World:
         video_author=video_author, video_cate2=video_cate2, video_cate1=video_cate1,
         video_utype=rng.integers(0, p.upload_types, size=V), video_upload_ts=video_upload_ts,
         video_duration=video_duration, video_pop=video_pop, video_latent=video_latent,
-        video_static=video_static, hour_cate=rng.normal(0.0, 1.0, size=(24, C1)),
+        video_static=video_static, cate2_quality=cate2_q, author_quality=author_q,
+        hour_cate=rng.normal(0.0, 1.0, size=(24, C1)),
         by_cate1_order=order, by_cate1_start=start_idx, by_cate1_cum=np.cumsum(weights[order]),
         pop_cum=np.cumsum(weights), day_start_ms=day_start_ms)
 
@@ -383,27 +430,80 @@ def plan_day(w: World, rng: np.random.Generator, day: int, first_request_id: int
                    ts_ms[order], cut_label, cut_len)
 
 
-def simulate_requests(w: World, rng: np.random.Generator, plan: DayPlan, sl: slice) -> DayLog:
-    """Candidate pools, the logged cascade and feedback of requests ``plan[sl]``."""
+def relevance_terms(w: World, rng: np.random.Generator, user: np.ndarray, hour: np.ndarray,
+                    pool: np.ndarray, recent: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The weighted terms of r (RELEVANCE_TERMS -> [R, P]), and "latent@k" for each latent
+    resolution a stage uses.  ``recent`` [R, K]: the level-two categories of each request's last
+    effective views (-1 = none)."""
+    p = w.p
+    u_lat, v_lat = w.user_latent[user], w.video_latent[pool]
+    c1 = w.video_cate1[pool]
+    terms = {"latent": p.w_latent * np.einsum("rd,rpd->rp", u_lat, v_lat) / np.sqrt(p.latent_dim)}
+    for k in set(p.stage_latent_dims) - {p.latent_dim}:   # a model resolving only k dimensions
+        terms[f"latent@{k}"] = p.w_latent * np.einsum("rd,rpd->rp", u_lat[:, :k], v_lat[..., :k]) \
+            / np.sqrt(p.latent_dim)
+    terms["pref"] = p.w_pref * np.take_along_axis(w.user_pref[user], c1, axis=1)
+    terms["pop"] = p.w_pop * w.video_pop[pool]
+    terms["cate2"] = p.w_cate2 * w.cate2_quality[w.video_cate2[pool]]
+    terms["author"] = p.w_author * w.author_quality[w.video_author[pool]]
+    terms["hour"] = p.w_hour * w.hour_cate[hour[:, None], c1]
+    if recent is None:
+        terms["recent"] = np.zeros(pool.shape)
+    else:
+        same = recent[:, None, :] == w.video_cate2[pool][:, :, None]           # [R, P, K]
+        terms["recent"] = p.w_recent * same.mean(axis=2)
+    terms["residual"] = p.sigma_r * rng.normal(size=pool.shape)
+    return terms
+
+
+def stage_score(w: World, terms: dict[str, np.ndarray], stage: int) -> np.ndarray:
+    """What logged stage ``stage`` (0 prerank .. 3 rerank) scores, before its noise."""
+    p = w.p
+    out = np.zeros_like(terms["residual"])
+    for name, weight in zip(RELEVANCE_TERMS, p.stage_views[stage]):
+        if weight:
+            k = p.stage_latent_dims[stage]
+            key = f"latent@{k}" if name == "latent" and k != p.latent_dim else name
+            out += weight * terms[key]
+    return out
+
+
+def simulate_requests(w: World, rng: np.random.Generator, plan: DayPlan, sl: slice,
+                      recent: np.ndarray | None = None) -> DayLog:
+    """Candidate pools, the logged cascade and feedback of requests ``plan[sl]``.
+
+    ``recent`` [R, K]: the level-two categories of each request's last effective views before
+    the chunk (the session interest; used only when ``w_recent`` is set)."""
     p = w.p
     user, hour, ts_ms = plan.user[sl], plan.hour[sl], plan.ts_ms[sl]
     R, P = len(user), p.pool_size
     pool = _unique_rows(w, rng, user, P)
-    lat = np.einsum("rd,rpd->rp", w.user_latent[user], w.video_latent[pool]) / np.sqrt(p.latent_dim)
-    c1 = w.video_cate1[pool]
-    r = (p.w_latent * lat + p.w_pref * np.take_along_axis(w.user_pref[user], c1, axis=1)
-         + w.video_static[pool] + p.w_hour * w.hour_cate[hour[:, None], c1]
-         + p.sigma_r * rng.normal(size=(R, P)))
-    del lat, c1
     n_pre, n_coarse, n_rank, n_rerank = p.stage_noise
+    if p.stage_views is None:             # the first world: every stage sees r plus noise
+        lat = np.einsum("rd,rpd->rp", w.user_latent[user], w.video_latent[pool]) / np.sqrt(p.latent_dim)
+        c1 = w.video_cate1[pool]
+        r = (p.w_latent * lat + p.w_pref * np.take_along_axis(w.user_pref[user], c1, axis=1)
+             + w.video_static[pool] + p.w_hour * w.hour_cate[hour[:, None], c1]
+             + p.sigma_r * rng.normal(size=(R, P)))
+        del lat, c1
+        views = [r, r, r, r]
+    else:                                 # stage models with their own views (README)
+        terms = relevance_terms(w, rng, user, hour, pool, recent if p.w_recent else None)
+        r = sum(terms[k] for k in RELEVANCE_TERMS)
+        views = [stage_score(w, terms, t) for t in range(4)]
+        if p.w_fresh:
+            age_days = (ts_ms[:, None] // 1000 - w.video_upload_ts[pool]) / 86_400
+            views[3] = views[3] + p.w_fresh * np.exp(-np.maximum(age_days, 0.0) / 7.0)
+        del terms
     alive = np.ones((R, P), dtype=bool)
-    pre = _positions(r + n_pre * rng.normal(size=(R, P)), alive)
+    pre = _positions(views[0] + n_pre * rng.normal(size=(R, P)), alive)
     pre_keep = pre <= p.prerank_keep
-    coarse = _positions(r + n_coarse * rng.normal(size=(R, P)), pre_keep)
+    coarse = _positions(views[1] + n_coarse * rng.normal(size=(R, P)), pre_keep)
     coarse_keep = (coarse >= 1) & (coarse <= p.coarse_keep)
-    rank = _positions(r + n_rank * rng.normal(size=(R, P)), coarse_keep)
+    rank = _positions(views[2] + n_rank * rng.normal(size=(R, P)), coarse_keep)
     to_rerank = (rank >= 1) & (rank <= p.rerank_size)
-    rerank = _positions(r + n_rerank * rng.normal(size=(R, P)), to_rerank)
+    rerank = _positions(views[3] + n_rerank * rng.normal(size=(R, P)), to_rerank)
+    del views
     shown = (rerank >= 1) & (rerank <= p.show)
     flags = {
         "prerank_neg": ~pre_keep,
@@ -480,20 +580,33 @@ def day_views(log: DayLog) -> dict:
                 request_id=log.request_id[r], playing_time=log.feedback["playing_time"][r, c])
 
 
-def histories(w: World, views: Views, user: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
-    """[R, 50, 10] int64: each request's last <= 50 effective views strictly before it, left-padded."""
+def last_views(views: Views, user: np.ndarray, ts_ms: np.ndarray, n_max: int
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """(src [R, n_max] indices into ``views``, valid [R, n_max]): each request's last <= n_max
+    effective views strictly before it, oldest first, left-padded."""
     span = int(max(views.ts_ms.max(initial=0), ts_ms.max(initial=0))) + 1
     key = views.user * span + views.ts_ms  # ascending: views are sorted by (user, time)
-    req = user * span + ts_ms
-    end = np.searchsorted(key, req, side="left")
+    end = np.searchsorted(key, user * span + ts_ms, side="left")
     begin = np.searchsorted(key, user * span, side="left")
-    n = np.minimum(end - begin, HISTORY_LEN)
-    j = np.arange(HISTORY_LEN)[None, :]
-    src = end[:, None] - HISTORY_LEN + j
-    valid = j >= HISTORY_LEN - n[:, None]
-    src = np.where(valid, src, 0)
+    n = np.minimum(end - begin, n_max)
+    j = np.arange(n_max)[None, :]
+    valid = j >= n_max - n[:, None]
+    return np.where(valid, end[:, None] - n_max + j, 0), valid
+
+
+def recent_cate2(w: World, views: Views, user: np.ndarray, ts_ms: np.ndarray, k: int) -> np.ndarray:
+    """[R, k] level-two category (entity index) of each request's last k effective views (-1 none)."""
+    src, valid = last_views(views, user, ts_ms, k)
+    if views.video.size == 0:
+        return np.full(src.shape, -1, dtype=np.int64)
+    return np.where(valid, w.video_cate2[views.video[src]], -1)
+
+
+def histories(w: World, views: Views, user: np.ndarray, ts_ms: np.ndarray) -> np.ndarray:
+    """[R, 50, 10] int64: each request's last <= 50 effective views strictly before it, left-padded."""
+    src, valid = last_views(views, user, ts_ms, HISTORY_LEN)
     out = np.zeros((len(user), HISTORY_LEN, 10), dtype=np.int64)
-    if key.size == 0:
+    if views.video.size == 0:
         return out
     v = views.video[src]
     cols = [w.ids["video_id"][v], w.ids["author_id"][w.video_author[v]],
@@ -650,7 +763,11 @@ def generate(out: str | os.PathLike, params: WorldParams, seed: int = 0, *, pres
         next_rid += R
         writer = DayWriter(out, date)
         for a in range(0, R, chunk):
-            lg = simulate_requests(w, rng, plan, slice(a, min(a + chunk, R)))
+            sl = slice(a, min(a + chunk, R))
+            recent = (recent_cate2(w, collect_views(view_parts), plan.user[sl], plan.ts_ms[sl],
+                                   params.recent_views)
+                      if params.w_recent and params.stage_views is not None else None)
+            lg = simulate_requests(w, rng, plan, sl, recent)
             view_parts.append(day_views(lg))
             views = collect_views(view_parts)
             writer.write(w, lg, histories(w, views, lg.user, lg.ts_ms))
