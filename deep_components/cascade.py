@@ -15,7 +15,7 @@ makes it selectable by name (``--setting NAME``).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 #: Constant graded-label indices of the negative groups (label = 30 - index); data/README.md.
@@ -196,21 +196,14 @@ THREE_STAGE = register_spec(CascadeSpec(
 #: follow the three-stage ones where a rule is visible (each stage's BCE sees the slots it
 #: receives, ICC cuts at the quota and doubles the multiplier per stage, RankFlow's splits are
 #: the later quotas; the three-stage switches of LCRON and FS-RankNet).
-FOUR_STAGE = register_spec(CascadeSpec(
-    name="four_stage",
-    groups=("rerank_pos", "rerank_neg", "rank_neg", "coarse_neg", "prerank_neg"),
-    stages=(
-        Stage("retrieval", "dssm", quota=40, bce_slots=50, icc_cutoff=40, icc_multiplier=1.0),
-        Stage("prerank", "mlp", quota=30, bce_slots=40, icc_cutoff=30, icc_multiplier=2.0),
+FOUR_STAGE = register_spec(replace(
+    THREE_STAGE, name="four_stage",
+    stages=THREE_STAGE.stages[:2] + (
         Stage("coarse", "mlp", quota=20, bce_slots=30, icc_cutoff=20, icc_multiplier=4.0),
         Stage("rank", "din", quota=10, bce_slots=20, icc_cutoff=10, icc_multiplier=8.0),
     ),
-    index_column="rerank_index",
-    loss_defaults={
-        "lcron": {"hard_labels": True},
-        "fs_ranknet": {"anchor_mask": False},
-        "rankflow": {"splits": (30, 20, 10), "mse_weight": 1.0, "pair_weight": 1.0},
-    },
+    loss_defaults={**THREE_STAGE.loss_defaults,
+                   "rankflow": {"splits": (30, 20, 10), "mse_weight": 1.0, "pair_weight": 1.0}},
 ))
 
 #: The paper's settings (tables, launcher folders two_stage/ and three_stage/).

@@ -108,6 +108,22 @@ def to_markdown(df: pd.DataFrame, setting: str, title: str) -> str:
     return "\n".join(lines)
 
 
+def ordering_note(metrics: list[dict], setting: str) -> str | None:
+    """A line with the Spearman ρ between this table's method ordering (mean joint recall of the
+    untagged runs) and the paper's, when the paper reports the setting and >= 3 methods are in."""
+    from .paper import rho_vs_paper
+
+    joint: dict[str, list[float]] = {}
+    for m in metrics:
+        if not m.get("tag"):
+            joint.setdefault(m["method"], []).append(m["joint_recall"])
+    r = rho_vs_paper({k: float(np.mean(v)) for k, v in joint.items()}, setting)
+    if r is None or r[1] < 3:
+        return None
+    return (f"Spearman ρ of the method ordering by joint recall with the paper's (RecFlow): "
+            f"{r[0]:+.3f} over {r[1]} methods")
+
+
 def collect(runs_root: str | Path, setting: str, methods: list[str] | None = None,
             out_dir: str | Path | None = None, plot: bool = False) -> tuple[pd.DataFrame, str]:
     """Build, write (``<out_dir>/<setting>_results.{md,csv}``, and ``.png`` with ``plot``) and
@@ -121,6 +137,9 @@ def collect(runs_root: str | Path, setting: str, methods: list[str] | None = Non
                          f"{sorted(map(str, sources))}; use one runs root per dataset")
     df = build_table(metrics, setting)
     md = to_markdown(df, setting, table_title(metrics, setting))
+    rho = ordering_note(metrics, setting)
+    if rho:
+        md += "\n\n" + rho
     out = Path(out_dir) if out_dir else Path(runs_root)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{setting}_{methods[0]}" if methods and len(methods) == 1 else f"{setting}_results"

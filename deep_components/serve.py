@@ -88,6 +88,13 @@ def recall_vs_exact(exact, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return np.array([len(set(x) & set(y)) / k for x, y in zip(ex, rows)])
 
 
+def default_keep(num_stages: int) -> list[int]:
+    """500 from the index, 10 at the end, and 100, 50, 25, ... for the stages between."""
+    if num_stages == 1:
+        return [10]
+    return [500] + [max(11, 100 >> i) for i in range(num_stages - 2)] + [10]
+
+
 def check_keep(keep: Sequence[int], spec: CascadeSpec, catalogue_size: int) -> tuple[int, ...]:
     keep = tuple(int(k) for k in keep)
     if len(keep) != spec.num_stages:
@@ -270,8 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cache_dir", default=None)
     ap.add_argument("--day", default=None, help="day to serve (default: the run's test day)")
     ap.add_argument("--keep", nargs="+", type=int, default=None,
-                    help="videos kept by each stage, decreasing (default: 500 100 10 three-stage, "
-                         "500 10 two-stage)")
+                    help="videos kept by each stage, decreasing (default: 500 10 two-stage, "
+                         "500 100 10 three-stage, 500 100 50 10 four-stage, ...)")
     ap.add_argument("--index", default="exact", choices=INDEXES)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch_size", type=int, default=256, help="requests per batch")
@@ -283,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             cascade = Cascade.from_run(run, a.data_dir, a.device, a.index, a.cache_dir)
             build = time.perf_counter() - t0
-            keep = a.keep or ([500, 10] if cascade.spec.num_stages == 2 else [500, 100, 10])
+            keep = a.keep or default_keep(cascade.spec.num_stages)
             check_keep(keep, cascade.spec, len(cascade.catalogue))
             day_name = a.day or cascade.saved["test_day"]
             day = load_day(cascade.data_dir, day_name, cascade.spec, cascade.saved.get("tz", "Asia/Shanghai"),

@@ -259,3 +259,15 @@ def test_every_day_is_converted_first_even_with_a_cached_vocabulary(tiny_root, t
     train(RunConfig(run_dir=str(tmp_path / "second"), **cfg))   # one step, on 2024-01-13
     for d in ("2024-01-15", "2024-01-16"):
         assert [p for p in (cache / "two_stage" / d).iterdir() if not p.name.startswith(".")]
+
+
+def test_spearman_against_the_papers_ordering():
+    from deep_components.paper import PAPER_JOINT_RECALL, rho_vs_paper, spearman
+
+    paper = PAPER_JOINT_RECALL["two_stage"]
+    assert rho_vs_paper(paper, "two_stage") == (1.0, 8)
+    reversed_ = {k: -v for k, v in paper.items()}
+    assert rho_vs_paper(reversed_, "two_stage")[0] == pytest.approx(-1.0)
+    # by hand: ranks (1, 2, 3, 4) vs (2, 1, 4, 3): d² = 4, ρ = 1 - 6·4 / (4·15) = 0.6
+    assert spearman({"a": 1, "b": 2, "c": 3, "d": 4}, {"a": 2, "b": 1, "c": 4, "d": 3}) == (pytest.approx(0.6), 4)
+    assert rho_vs_paper(paper, "four_stage") is None

@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parent.parent
 @pytest.fixture(scope="module")
 def runs(tiny_root, tmp_path_factory):
     out = {}
-    for setting in ("two_stage", "three_stage"):
+    for setting in ("two_stage", "three_stage", "four_stage"):
         cfg = RunConfig(setting=setting, method="lcron", batch_size=32, data_dir=str(tiny_root),
                         run_dir=str(tmp_path_factory.mktemp("serve") / setting), progress=False,
                         device="cpu", max_steps=10)
@@ -67,11 +67,11 @@ def test_catalogue_is_cached(tiny_copy):
     assert (entries[0] / "items.npy").stat().st_mtime_ns == stamp      # read, not rebuilt
 
 
-@pytest.mark.parametrize("setting", ["two_stage", "three_stage"])
+@pytest.mark.parametrize("setting", ["two_stage", "three_stage", "four_stage"])
 def test_exact_index_and_stage_composition(runs, tiny_root, setting):
     cascade = Cascade.from_run(runs[setting])
     spec = cascade.spec
-    keep = (60, 10) if spec.num_stages == 2 else (60, 25, 10)
+    keep = {2: (60, 10), 3: (60, 25, 10), 4: (60, 30, 20, 10)}[spec.num_stages]
     day = cascade.vocab.apply(load_day(tiny_root, cascade.saved["test_day"], spec))
     B = 16
     ctx, hist, hmask = (torch.from_numpy(np.array(x[:B])) for x in (day.context, day.history,
@@ -140,3 +140,10 @@ def test_a_day_without_requests_is_refused(runs, tiny_root):
     day = load_day(tiny_root, cascade.saved["test_day"], cascade.spec)
     with pytest.raises(Exception, match="no requests to serve"):
         evaluate_catalogue(cascade, day, (60, 10), max_requests=0)
+
+
+def test_default_keep_has_one_value_per_stage():
+    from deep_components.serve import default_keep
+
+    assert [default_keep(t) for t in (1, 2, 3, 4)] == [[10], [500, 10], [500, 100, 10],
+                                                      [500, 100, 50, 10]]

@@ -187,3 +187,78 @@ def test_chunked_generation_keeps_every_invariant(tmp_path):
         for spec in (TWO_STAGE, THREE_STAGE):
             day = build_day_arrays(tmp_path, date, spec)
             assert day.num_requests == 300 and day.item_mask[:, :10].all(axis=1).mean() > 0.9
+
+
+# ------------------------------------------------------------ the logged cascade's stage models
+from deep_components.data import synthetic as S  # noqa: E402
+
+
+def _world(**kw):
+    p = preset_params("tiny", days=1, requests_per_day=40, **kw)
+    return S.build_world(p, np.random.default_rng(0)), p
+
+
+def test_first_world_is_kept_as_the_v1_presets():
+    new, old = preset_params("small"), preset_params("small-v1")
+    assert old.stage_views is None and old.w_recent == 0 and old.w_fresh == 0
+    assert new.stage_views == S.PRODUCTION_VIEWS and new.w_recent == 1.0
+    same = {f: getattr(new, f) for f in ("days", "requests_per_day", "users", "videos", "pool_size",
+                                         "prerank_keep", "coarse_keep", "stage_noise", "sigma_r")}
+    assert same == {f: getattr(old, f) for f in same}
+    assert preset_params("tiny").stage_views is None        # the tests' fixture keeps the first world
+
+
+def test_stage_score_weighs_exactly_the_terms_a_stage_sees():
+    w, p = _world(**S.PRODUCTION_WORLD)
+    rng = np.random.default_rng(1)
+    user, hour = np.array([0, 1, 2]), np.array([3, 10, 22])
+    pool = np.stack([rng.choice(p.videos, p.pool_size, replace=False) for _ in user])
+    recent = np.array([[-1, -1, 4, 4, 7], [-1] * 5, [1, 2, 3, 4, 5]])
+    t = S.relevance_terms(w, rng, user, hour, pool, recent)
+    lat2 = np.einsum("rd,rpd->rp", w.user_latent[user, :2], w.video_latent[pool][..., :2]) / np.sqrt(8)
+    np.testing.assert_allclose(t["latent@2"], p.w_latent * lat2)
+    np.testing.assert_allclose(t["pop"], p.w_pop * w.video_pop[pool])
+    share = (recent[:, None, :] == w.video_cate2[pool][:, :, None]).mean(2)
+    np.testing.assert_allclose(t["recent"], share * p.w_recent)
+    assert t["recent"][1].max() == 0                      # no views: no session interest
+    pre = S.stage_score(w, t, 0)       # pre-rank: 2-d latent, pref, 1.5 x pop, 0.5 x cate2
+    np.testing.assert_allclose(pre, t["latent@2"] + t["pref"] + 1.5 * t["pop"] + 0.5 * t["cate2"])
+    rank = S.stage_score(w, t, 2)      # rank sees every term of r
+    np.testing.assert_allclose(rank, sum(t[k] for k in S.RELEVANCE_TERMS))
+
+
+def test_a_popularity_only_prerank_drops_the_least_popular(tmp_path):
+    views = ((0, 0, 1, 0, 0, 0, 0, 0),) + S.PRODUCTION_VIEWS[1:]
+    w, p = _world(stage_views=views, stage_noise=(0.0, 1.0, 0.8, 0.6))
+    plan = S.plan_day(w, np.random.default_rng(2), 0, 0)
+    log = S.simulate_requests(w, np.random.default_rng(3), plan, slice(0, 40))
+    pop = w.video_pop[log.pool]
+    dropped = log.flags["prerank_neg"].astype(bool)
+    assert (dropped.sum(1) == p.pool_size - p.prerank_keep).all()
+    assert (np.where(dropped, pop, -np.inf).max(1) <= np.where(~dropped, pop, np.inf).min(1)).all()
+
+
+def test_recent_categories_are_the_last_views_before_the_request():
+    w, _ = _world()
+    views = S.collect_views([dict(user=np.array([0, 0, 0, 1]), ts_ms=np.array([10, 20, 30, 5]),
+                                  video=np.array([5, 6, 7, 8]), request_id=np.arange(4),
+                                  playing_time=np.zeros(4, dtype=np.int64))])
+    got = S.recent_cate2(w, views, np.array([0, 0, 1, 2]), np.array([25, 31, 6, 100]), 2)
+    c = w.video_cate2
+    np.testing.assert_array_equal(got, [[c[5], c[6]], [c[6], c[7]], [-1, c[8]], [-1, -1]])
+
+
+def test_production_world_is_deterministic_and_valid(tmp_path):
+    p = preset_params("tiny", days=2, requests_per_day=60, **S.PRODUCTION_WORLD)
+    for name in ("a", "b"):
+        generate(tmp_path / name, p, seed=5, verbose=False)
+    fa, fb = _files(tmp_path / "a"), _files(tmp_path / "b")
+    assert fa and all(x.read_bytes() == y.read_bytes() for x, y in zip(fa, fb))
+    from deep_components.data import load_day
+
+    for spec in (TWO_STAGE, THREE_STAGE):             # the loader reads it like any RecFlow day
+        day = load_day(tmp_path / "a", "2024-01-14", spec)
+        assert day.num_requests == 60 and day.item_mask.mean() > 0.95
+        assert (day.labels[:, :10][day.item_mask[:, :10]] >= 20).all()
+    with pytest.raises(ValueError, match="stage_views needs 4 rows"):
+        preset_params("tiny", stage_views=((1.0,) * 8,) * 3)

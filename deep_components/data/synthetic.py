@@ -10,10 +10,13 @@ The world (see data/README.md for every parameter):
   category_level_one, upload_type, upload time, duration, popularity), authors (quality);
 * a planted relevance ``r(u, v, t) = w_latent <p_u, q_v>/sqrt(d) + w_pref pref[u, cate1(v)]
   + w_pop pop[v] + w_cate2 qual[cate2(v)] + w_author qual[author(v)] + w_hour H[hour(t), cate1(v)]
-  + sigma_r eps``;
+  + w_recent recent(u, v) + sigma_r eps`` (``recent``: the share of the user's last views in
+  the candidate's level-two category);
 * per request a candidate pool (half from the user's preferred categories, half by popularity;
-  no video twice), and a logged cascade where every stage sees ``r`` plus its own noise (noisier
-  early, sharper late): pre-rank keeps ``prerank_keep`` (rest ``prerank_neg``), coarse keeps
+  no video twice), and a logged cascade of stage models, each scoring its own view of ``r``
+  (``stage_views``: cheap, popularity-biased signals and a coarse embedding early, every term
+  late, a freshness rule at rerank; the first world, ``stage_views=None``, gives every stage
+  ``r`` itself) plus its own noise (noisier early, sharper late): pre-rank keeps ``prerank_keep`` (rest ``prerank_neg``), coarse keeps
   ``coarse_keep`` (rest ``coarse_neg``), rank orders the survivors (top 10 ``rank_pos`` with
   ``rank_index`` 1..10; top ``rerank_size`` go on to rerank; positions after that ``rank_neg``),
   rerank orders those (top 10 ``rerank_pos`` with ``rerank_index`` 1..10, rest ``rerank_neg``),
