@@ -153,6 +153,44 @@ def collect(runs_root: str | Path, setting: str, methods: list[str] | None = Non
     return df, md
 
 
+def compare(runs_roots: list[str | Path], setting: str) -> str:
+    """One Markdown table of mean joint recall per method (rows, the registry's order) and runs
+    root (columns, e.g. two synthetic worlds), beside the paper's RecFlow numbers where it has
+    them, with each column's Spearman ρ against the paper's ordering and rank within the column."""
+    from .paper import PAPER_JOINT_RECALL, rho_vs_paper
+
+    cols: dict[str, dict[str, float]] = {}
+    for root in runs_roots:
+        ms = [m for m in load_metrics(Path(root), setting) if not m.get("tag")]
+        if not ms:
+            raise FileNotFoundError(f"no metrics.json under {Path(root) / setting}")
+        joint: dict[str, list[float]] = {}
+        for m in ms:
+            joint.setdefault(m["method"], []).append(m["joint_recall"])
+        cols[Path(root).name] = {k: float(np.mean(v)) for k, v in joint.items()}
+    paper = PAPER_JOINT_RECALL.get(setting)
+    if paper:
+        cols = {"paper (RecFlow)": dict(paper), **cols}
+    order = [m for m in method_order() if any(m in c for c in cols.values())]
+
+    def ranks(c: dict[str, float]) -> dict[str, int]:
+        return {m: i + 1 for i, m in enumerate(sorted(c, key=lambda m: -c[m]))}
+
+    rk = {name: ranks(c) for name, c in cols.items()}
+    lines = [f"**{setting.replace('_', '-')}: joint recall (rank)**", "",
+             "| method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for m in order:
+        cells = [f"{c[m]:.4f} ({rk[n][m]})" if m in c else "–" for n, c in cols.items()]
+        lines.append(f"| {display_name(m)} | " + " | ".join(cells) + " |")
+    if paper:
+        rhos = []
+        for name, c in cols.items():
+            r = rho_vs_paper(c, setting)
+            rhos.append(f"{r[0]:+.3f}" if r and r[1] >= 3 else "–")
+        lines.append("| Spearman ρ vs paper | " + " | ".join(rhos) + " |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = OneLineParser(prog="python -m deep_components.collect", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -161,8 +199,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", nargs="*", default=None)
     ap.add_argument("--out_dir", default=None, help="where to write the tables (default runs_root)")
     ap.add_argument("--plot", action="store_true", help="also write a PNG comparison plot")
+    ap.add_argument("--compare", nargs="+", default=None, metavar="RUNS_ROOT",
+                    help="instead: one joint-recall table over several runs roots (e.g. two "
+                         "synthetic worlds) beside the paper's, with Spearman rho vs the paper")
     a = ap.parse_args(argv)
     try:
+        if a.compare:
+            print(compare(a.compare, a.setting))
+            return 0
         _, md = collect(a.runs_root, a.setting, a.methods, a.out_dir, a.plot)
     except (FileNotFoundError, ValueError, UsageError) as e:
         print(f"error: {e}", file=sys.stderr)
