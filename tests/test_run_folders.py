@@ -295,3 +295,24 @@ def test_compare_tables_two_worlds_against_the_paper(tmp_path):
     assert "| ICC | 0.8132 (7) | 0.8132 (7) | – |" in md
     assert md.splitlines()[-1] == "| Spearman ρ vs paper | +1.000 | +1.000 | -1.000 |"
     assert collect_main(["--compare", str(tmp_path / "nowhere"), "--setting", "two_stage"]) == 2
+
+
+def test_a_run_folder_written_before_the_rename_still_evaluates(trained, tmp_path):
+    """config.json and towers.pt of older versions call the method ``loss_type``."""
+    import shutil
+
+    import torch
+
+    old = tmp_path / "old"
+    shutil.copytree(trained, old)
+    cfg = json.loads((old / "config.json").read_text())
+    cfg["loss_type"] = cfg.pop("method")
+    (old / "config.json").write_text(json.dumps(cfg))
+    state = torch.load(old / "towers.pt", weights_only=True)
+    state["meta"]["loss_type"] = state["meta"].pop("method")
+    torch.save(state, old / "towers.pt")
+    (old / "metrics.json").unlink()
+    r = _cli([TEST, "--run_dir", old, "--device", "cpu"])
+    assert r.returncode == 0, r.stderr[-1500:]
+    new, ref = (json.loads((d / "metrics.json").read_text()) for d in (old, trained))
+    assert new["method"] == "bce" and new["joint_recall"] == ref["joint_recall"]
