@@ -33,6 +33,7 @@ from .data.batches import batch_to_device
 from .data.errors import DataError
 from .data.vocab import Vocabulary, load_vocabulary
 from .distributed import context
+from .evaluate import evaluate
 from .lazy_adam import LazyAdam
 from .loss import build_loss
 from .models import build_models, forward_all
@@ -200,8 +201,6 @@ class Trainer:
             "Lower --lr, check the data, or pass --skip_nonfinite to skip such batches.")
 
     def evaluate(self, date: str) -> dict:
-        from .evaluate import evaluate
-
         return evaluate(self.models, self.load_rows(date), self.spec, self.device,
                         self.cfg.eval_batch_size)
 
