@@ -206,9 +206,6 @@ FOUR_STAGE = register_spec(replace(
                    "rankflow": {"splits": (30, 20, 10), "mse_weight": 1.0, "pair_weight": 1.0}},
 ))
 
-#: The paper's settings (tables, launcher folders two_stage/ and three_stage/).
-PAPER_SETTINGS = (TWO_STAGE.name, THREE_STAGE.name)
-
 
 def get_spec(name: str) -> CascadeSpec:
     """Look up a registered spec by name ("two_stage", "three_stage", "four_stage", ...)."""

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .cascade import CascadeSpec, get_spec
+from .config import saved_method
 from .data.vocab import Vocabulary
 from .models import build_models
 from .runtime import UsageError, atomic_write, torch_load_error
@@ -81,8 +82,7 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
 
 
 def check_compatible(saved: dict, current: dict, path: Path) -> None:
-    if "method" not in saved and "loss_type" in saved:      # saved before the rename
-        saved = {**saved, "method": saved["loss_type"]}
+    saved = {**saved, "method": saved_method(saved)}      # also a checkpoint of before the rename
     diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
              for k in MATCH_KEYS if saved.get(k) != current.get(k)]
     if diffs:

@@ -108,16 +108,21 @@ def to_markdown(df: pd.DataFrame, setting: str, title: str) -> str:
     return "\n".join(lines)
 
 
+def mean_joint(metrics: list[dict]) -> dict[str, float]:
+    """Mean joint recall per method over its untagged runs (ablation variants left out)."""
+    joint: dict[str, list[float]] = {}
+    for m in metrics:
+        if not m.get("tag"):
+            joint.setdefault(m["method"], []).append(m["joint_recall"])
+    return {k: float(np.mean(v)) for k, v in joint.items()}
+
+
 def ordering_note(metrics: list[dict], setting: str) -> str | None:
     """A line with the Spearman ρ between this table's method ordering (mean joint recall of the
     untagged runs) and the paper's, when the paper reports the setting and >= 3 methods are in."""
     from .paper import rho_vs_paper
 
-    joint: dict[str, list[float]] = {}
-    for m in metrics:
-        if not m.get("tag"):
-            joint.setdefault(m["method"], []).append(m["joint_recall"])
-    r = rho_vs_paper({k: float(np.mean(v)) for k, v in joint.items()}, setting)
+    r = rho_vs_paper(mean_joint(metrics), setting)
     if r is None or r[1] < 3:
         return None
     return (f"Spearman ρ of the method ordering by joint recall with the paper's (RecFlow): "
@@ -161,13 +166,9 @@ def compare(runs_roots: list[str | Path], setting: str) -> str:
 
     cols: dict[str, dict[str, float]] = {}
     for root in runs_roots:
-        ms = [m for m in load_metrics(Path(root), setting) if not m.get("tag")]
-        if not ms:
+        cols[Path(root).name] = mean_joint(load_metrics(Path(root), setting))
+        if not cols[Path(root).name]:
             raise FileNotFoundError(f"no metrics.json under {Path(root) / setting}")
-        joint: dict[str, list[float]] = {}
-        for m in ms:
-            joint.setdefault(m["method"], []).append(m["joint_recall"])
-        cols[Path(root).name] = {k: float(np.mean(v)) for k, v in joint.items()}
     paper = PAPER_JOINT_RECALL.get(setting)
     if paper:
         cols = {"paper (RecFlow)": dict(paper), **cols}

@@ -126,9 +126,8 @@ class RunConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "RunConfig":
         """From a saved config.json (one written before the rename calls the method loss_type)."""
-        d = dict(d)
-        if "method" not in d and "loss_type" in d:
-            d["method"] = d["loss_type"]
+        method = saved_method(d)
+        d = dict(d, method=method) if method is not None else d
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -227,13 +226,12 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.ckpt_every >= 0, f"--ckpt_every must be >= 0, got {cfg.ckpt_every}")
     need(cfg.print_freq >= 0, f"--print_freq must be >= 0, got {cfg.print_freq}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
-    need(cfg.mask_mode in ("true", "reference"), "--mask_mode must be true or reference")
+    for f in dataclasses.fields(RunConfig):     # every field with choices, as its flag declares
+        choices, value = f.metadata.get("argparse", {}).get("choices"), getattr(cfg, f.name)
+        need(not choices or value is None or value in choices,
+             f"{f.metadata['flags'][0] if f.metadata['flags'] else '--' + f.name} must be one of "
+             f"{', '.join(choices or ())}, got {value!r}")
     check_tz(cfg.tz)
-    need(cfg.vocab in ("compact", "full"), f"--vocab must be compact or full, got {cfg.vocab!r}")
-    need(cfg.kernels in KERNEL_MODES,
-         f"--kernels must be one of {', '.join(KERNEL_MODES)}, got {cfg.kernels!r}")
-    need(cfg.emb_optimizer in ("adam", "lazy_adam"),
-         f"--emb_optimizer must be adam or lazy_adam, got {cfg.emb_optimizer!r}")
     if cfg.emb_optimizer == "lazy_adam" and context().enabled and context().backend == "nccl":
         need(False, "--emb_optimizer lazy_adam gives sparse embedding gradients, which NCCL cannot "
                     "all-reduce; under torchrun on GPUs use --emb_optimizer adam (or the gloo backend)")

@@ -22,6 +22,7 @@ from . import metrics as M
 from .cascade import CascadeSpec
 from .data import DayData
 from .data.batches import batch_to_device
+from .models import forward_all
 
 EVAL_SEED = 1024
 
@@ -46,8 +47,7 @@ def score_day(models: Sequence[nn.Module], day: DayData, device: torch.device,
     for a in starts:
         idx = np.arange(a, min(a + batch_size, R))
         b = batch_to_device({k: v[idx] for k, v in arrays.items()}, device)
-        mine.append((a, [m(b["context"], b["history"], b["history_mask"], b["items"]).float().cpu().numpy()
-                         for m in models]))
+        mine.append((a, [s.float().cpu().numpy() for s in forward_all(models, b)]))
     for m, was_training in zip(models, modes):
         m.train(was_training)                        # back to the mode they came in
     out = [np.empty(day.item_mask.shape, dtype=np.float32) for _ in models]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,12 +125,8 @@ def test_four_stage_cascade_trains_and_evaluates_from_the_command_line(tiny_root
 
 
 def test_launcher_runs_any_registered_setting(tiny_root, tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "DATA_DIR": str(tiny_root), "RUNS_ROOT": str(tmp_path),
-           "RUN_IDS": "3", "DEVICE": "cpu", "PYTHON": __import__("sys").executable,
-           "HOME": str(tmp_path)}
-    import os
-
-    env = os.environ | env
+    env = {**os.environ, "DATA_DIR": str(tiny_root), "RUNS_ROOT": str(tmp_path), "RUN_IDS": "3",
+           "DEVICE": "cpu", "PYTHON": sys.executable}
     r = subprocess.run(["bash", str(REPO / "scripts" / "launch.sh"), "four_stage", "bce",
                         "--batch_size", "64", "--no_progress"], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=600)
@@ -161,8 +159,6 @@ def test_every_registered_method_has_its_launchers(method):
 
 
 def test_run_all_and_the_collector_cover_every_registered_method():
-    import sys
-
     # run_all's default METHODS, computed by the line of run_all.sh itself
     line = next(x for x in (REPO / "scripts" / "run_all.sh").read_text().splitlines()
                 if x.startswith("METHODS="))

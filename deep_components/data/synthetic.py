@@ -462,12 +462,12 @@ def relevance_terms(w: World, rng: np.random.Generator, user: np.ndarray, hour: 
 def stage_score(w: World, terms: dict[str, np.ndarray], stage: int) -> np.ndarray:
     """What logged stage ``stage`` (0 prerank .. 3 rerank) scores, before its noise."""
     p = w.p
+    k = p.stage_latent_dims[stage]
+    latent = f"latent@{k}" if k != p.latent_dim else "latent"
     out = np.zeros_like(terms["residual"])
     for name, weight in zip(RELEVANCE_TERMS, p.stage_views[stage]):
         if weight:
-            k = p.stage_latent_dims[stage]
-            key = f"latent@{k}" if name == "latent" and k != p.latent_dim else name
-            out += weight * terms[key]
+            out += weight * terms[latent if name == "latent" else name]
     return out
 
 
@@ -759,6 +759,8 @@ def generate(out: str | os.PathLike, params: WorldParams, seed: int = 0, *, pres
     dates, rows = [], 0
     R = params.requests_per_day
     chunk = params.chunk_requests or R
+    session = params.w_recent and params.stage_views is not None
+    views = collect_views(view_parts)           # every effective view before the next chunk
     for day in range(params.days):
         date = (start + dt.timedelta(days=day)).isoformat()
         # a day in one piece keeps the draw order of the presets made before chunking existed
@@ -767,14 +769,14 @@ def generate(out: str | os.PathLike, params: WorldParams, seed: int = 0, *, pres
         writer = DayWriter(out, date)
         for a in range(0, R, chunk):
             sl = slice(a, min(a + chunk, R))
-            recent = (recent_cate2(w, collect_views(view_parts), plan.user[sl], plan.ts_ms[sl],
-                                   params.recent_views)
-                      if params.w_recent and params.stage_views is not None else None)
+            recent = (recent_cate2(w, views, plan.user[sl], plan.ts_ms[sl], params.recent_views)
+                      if session else None)
+            del views                           # not held while the chunk is simulated
             lg = simulate_requests(w, rng, plan, sl, recent)
             view_parts.append(day_views(lg))
             views = collect_views(view_parts)
             writer.write(w, lg, histories(w, views, lg.user, lg.ts_ms))
-            del lg, views
+            del lg
         rows += writer.close()
         dates.append(date)
         if verbose:
