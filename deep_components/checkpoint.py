@@ -1,12 +1,14 @@
-"""What a run folder keeps of a model: complete training checkpoints (``checkpoint.pt``, to
-resume) and the trained towers (``towers.pt``, to evaluate and serve); both atomic and safely
-loadable.
+"""How a model is kept on disk: complete training checkpoints (to resume) and the trained towers
+(to evaluate and serve); both written atomically and safely loadable.  Which files of a run
+folder hold them is deep_components.run_folder's business; this module is given their paths.
 
 A checkpoint holds every tower, every optimiser, the loss module (learnable weights), the RNG
 states of Python, NumPy and torch, and the position (day index, next batch index, step).  It is
 written to a temporary file unique to the process, then renamed over the last one, so a crash
-mid-write never corrupts the last good checkpoint, and loaded with ``torch.load(weights_only=True)`` (plain tensors and
-containers only; no code runs).  Resuming refuses a checkpoint whose method, setting or model
+mid-write never corrupts the last good checkpoint, and loaded onto the CPU with
+``torch.load(weights_only=True)`` (plain tensors and containers only; no code runs): the modules
+and optimisers then move each tensor to its parameter's device, so a checkpoint written on one
+device kind resumes on another.  Resuming refuses a checkpoint whose method, setting or model
 shape differs from the run's, saying what differs.
 """
 from __future__ import annotations
@@ -21,13 +23,11 @@ import torch
 from torch import nn
 
 from .cascade import CascadeSpec, get_spec
-from .config import saved_method
 from .data.vocab import Vocabulary
 from .models import build_models
+from .run_folder import saved_method
 from .runtime import UsageError, atomic_write, torch_load_error
 
-CHECKPOINT_FILE = "checkpoint.pt"
-TOWERS_FILE = "towers.pt"
 FORMAT = 1
 #: configuration that must be identical between a checkpoint and the run resuming it
 MATCH_KEYS = ("setting", "method", "towers", "emb_dim", "id_counts", "loss_options",
@@ -47,13 +47,17 @@ def rng_state() -> dict[str, Any]:
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`'s states, wherever the checkpoint was mapped to (torch's
+    generators take CPU ByteTensors)."""
     v, internal, gauss = state["python"]
     random.setstate((v, tuple(internal), gauss))
     name, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
+    torch.set_rng_state(state["torch"].to("cpu", torch.uint8))
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        saved = [s.to("cpu", torch.uint8) for s in state["cuda"]]
+        n = min(len(saved), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all(saved[:n])
 
 
 def save_checkpoint(path: Path, trainer, meta: dict, position: dict) -> float:
@@ -69,11 +73,12 @@ def save_checkpoint(path: Path, trainer, meta: dict, position: dict) -> float:
     return time.perf_counter() - t0
 
 
-def load_checkpoint(path: Path, device: torch.device) -> dict:
+def load_checkpoint(path: Path) -> dict:
+    """The checkpoint at ``path``, every tensor on the CPU."""
     if not path.is_file():
         raise UsageError(f"{path}: no checkpoint to resume from (train without --resume first)")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated, corrupt, or holding something other than tensors/containers
         raise torch_load_error(path, e, "the checkpoint") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
@@ -81,12 +86,11 @@ def load_checkpoint(path: Path, device: torch.device) -> dict:
     return ckpt
 
 
-def check_compatible(saved: dict, current: dict, path: Path) -> None:
+def differences(saved: dict, current: dict) -> list[str]:
+    """``key: checkpoint X, this run Y`` for every MATCH_KEYS entry that differs."""
     saved = {**saved, "method": saved_method(saved)}      # also a checkpoint of before the rename
-    diffs = [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
-             for k in MATCH_KEYS if saved.get(k) != current.get(k)]
-    if diffs:
-        raise UsageError(f"{path}: checkpoint does not match this run — " + "; ".join(diffs))
+    return [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
+            for k in MATCH_KEYS if saved.get(k) != current.get(k)]
 
 
 def restore(trainer, ckpt: dict, path: Path) -> None:
@@ -102,7 +106,7 @@ def restore(trainer, ckpt: dict, path: Path) -> None:
     set_rng_state(ckpt["rng"])
 
 
-def save_towers(run_dir: Path, models: list[nn.Module], loss_fn: nn.Module, spec: CascadeSpec,
+def save_towers(path: Path, models: list[nn.Module], loss_fn: nn.Module, spec: CascadeSpec,
                 id_counts: dict[str, int], cfg, vocab: Vocabulary | None = None,
                 run_key: str | None = None) -> None:
     """``towers.pt``: weights, loss weights, and what rebuilds the towers (incl. the vocabulary)."""
@@ -112,13 +116,12 @@ def save_towers(run_dir: Path, models: list[nn.Module], loss_fn: nn.Module, spec
                       "vocab": "compact" if vocab is not None else "full", "run_key": run_key}}
     if vocab is not None:
         state["vocab"] = vocab.state()
-    atomic_write(run_dir / TOWERS_FILE, lambda f: torch.save(state, f), "the trained towers")
+    atomic_write(path, lambda f: torch.save(state, f), "the trained towers")
 
 
-def load_towers(run_dir: Path, device: torch.device
+def load_towers(path: Path, device: torch.device
                 ) -> tuple[list[nn.Module], dict[str, Any], Vocabulary | None]:
     """(towers in cascade order, meta, vocabulary or None for full-size tables)."""
-    path = run_dir / TOWERS_FILE
     if not path.is_file():
         raise UsageError(f"{path}: no trained towers in this run folder (train it first)")
     try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from .config import add_run_flags, config_from_args
+from .config import add_run_flags, config_from_args, given_flags
 from .data.errors import DataError
 from .parsing import OneLineParser
 from .runtime import TrainingError, UsageError, report_error
@@ -26,7 +26,7 @@ def main(setting: str | None, action: str, argv: list[str] | None = None) -> int
         prog = f"run_{action}{PAPER_SCRIPTS.get(setting, '')}.py"
         description = f"{verb} a {setting.replace('_', '-')} cascade."
     ap = OneLineParser(prog=prog, description=description)
-    add_run_flags(ap, with_setting=setting is None)
+    add_run_flags(ap, with_setting=setting is None, action=action)
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from . import kernels
@@ -50,10 +50,11 @@ def main(setting: str | None, action: str, argv: list[str] | None = None) -> int
         else:
             from .run_eval import evaluate_run, format_metrics
 
-            m = evaluate_run(cfg)
+            m = evaluate_run(cfg, given_flags(ap, argv))
             if context().is_main:
+                other = "" if m["own_data"] else f", on {m['data_dir']}: NOT the run's own data"
                 print(f"{m['method']} ({cfg.setting}, run {m['run_id']}, test day {m['test_day']}"
-                      f"{', SYNTHETIC data' if m['synthetic'] else ''}): {format_metrics(m)}")
+                      f"{', SYNTHETIC data' if m['synthetic'] else ''}{other}): {format_metrics(m)}")
     except (DataError, UsageError, ValueError, TrainingError, OSError) as e:
         return report_error(e)       # one line; an OSError names the file it could not use
     finally:

@@ -16,7 +16,8 @@ import pandas as pd
 from .cascade import SPECS, get_spec
 from .loss import display_name, method_order
 from .parsing import OneLineParser
-from .runtime import UsageError, read_json
+from .run_folder import RunFolder
+from .runtime import UsageError, report_error
 
 
 #: what a metrics.json must hold to be collected
@@ -24,28 +25,43 @@ METRIC_KEYS = ("method", "joint_recall", "stages")
 
 
 def load_metrics(runs_root: Path, setting: str, methods: list[str] | None = None) -> list[dict]:
-    """Every run folder's metrics.json under ``runs_root/setting``.
+    """Every run folder's metrics under ``runs_root/setting`` that describe its current training.
 
-    A metrics.json that is not this program's (corrupt, missing keys) is an error naming it;
+    A metrics file that is not this program's (corrupt, missing keys) is an error naming it;
     one whose run key differs from its folder's config.json (results of an earlier training
-    left behind by a failed retrain) is skipped with a warning: it no longer describes the run."""
-    out = []
-    for p in sorted((Path(runs_root) / setting).glob("*/*/metrics.json")):
-        m = read_json(p)
-        missing = [k for k in METRIC_KEYS if not isinstance(m, dict) or k not in m]
-        if missing:
-            raise UsageError(f"{p}: not a metrics.json of this program (missing {missing}); "
-                             "remove it or its folder")
-        if methods and m["method"] not in methods:
+    left behind) or a folder another process holds (training or evaluating) is skipped with a
+    warning; two folders with the same run key (a copied folder) are an error."""
+    out, keys = [], {}
+    for folder in RunFolder.under(Path(runs_root) / setting, "metrics"):
+        try:
+            lock = folder.lock(shared=True)
+        except UsageError as e:
+            print(f"warning: {e}: skipped", file=sys.stderr)
             continue
-        cfg = p.parent / "config.json"
-        if not cfg.is_file() or m.get("run_key") != read_json(cfg).get("run_key"):
-            print(f"warning: {p}: skipped, it does not belong to the training in {cfg} "
-                  "(re-run run_test on the folder)", file=sys.stderr)
+        try:
+            m = folder.read_result("metrics", METRIC_KEYS)
+        finally:
+            lock.release()
+        if m is None or (methods and m["method"] not in methods):
             continue
-        m["_path"] = str(p.parent)
+        if m["run_key"] in keys:
+            raise UsageError(f"{folder.path} and {keys[m['run_key']]} hold the same training (run "
+                             f"key {m['run_key']}): a copied run folder would count twice; remove "
+                             "one")
+        keys[m["run_key"]] = folder.path
+        m["_path"] = str(folder.path)
         out.append(m)
     return out
+
+
+def check_one_dataset(metrics: list[dict], where: str) -> None:
+    """Refuse results of different data folders, or of a data folder's other content."""
+    sources = {str(m.get("data_dir")) + ("" if m.get("own_data", True) else " (not the run's own "
+                                                                              "data)")
+               for m in metrics}
+    if len(sources) > 1:
+        raise UsageError(f"runs under {where} come from different datasets {sorted(sources)}; "
+                         "use one runs root per dataset")
 
 
 def metric_columns(setting: str) -> list[tuple[str, str]]:
@@ -65,9 +81,10 @@ def _value(m: dict, key: str) -> float:
     return m[key]
 
 
-def variant(m: dict) -> tuple[str, str]:
-    """(method, tag): runs of one method with different --tag (ablations) are separate rows."""
-    return m["method"], m.get("tag", "") or ""
+def variant(m: dict) -> tuple[str, str, str]:
+    """(method, tag, test day): runs of one method with different --tag (ablations) or evaluated
+    on different days are separate rows."""
+    return m["method"], m.get("tag", "") or "", str(m.get("test_day"))
 
 
 def build_table(metrics: list[dict], setting: str) -> pd.DataFrame:
@@ -76,9 +93,11 @@ def build_table(metrics: list[dict], setting: str) -> pd.DataFrame:
     order = method_order()          # the registry's: the paper's rows first, in its order
     variants = sorted({variant(m) for m in metrics},
                       key=lambda v: (order.index(v[0]) if v[0] in order else len(order), v))
-    for method, tag in variants:
-        ms = [m for m in metrics if variant(m) == (method, tag)]
-        name = display_name(method) + (f" [{tag}]" if tag else "")
+    several_days = len({v[2] for v in variants}) > 1
+    for method, tag, day in variants:
+        ms = [m for m in metrics if variant(m) == (method, tag, day)]
+        name = (display_name(method) + (f" [{tag}]" if tag else "")
+                + (f" @ {day}" if several_days else ""))
         row = {"method": name, "runs": len(ms)}
         for title, key in cols:
             v = np.array([_value(m, key) for m in ms], dtype=float)
@@ -136,10 +155,7 @@ def collect(runs_root: str | Path, setting: str, methods: list[str] | None = Non
     metrics = load_metrics(Path(runs_root), setting, methods)
     if not metrics:
         raise FileNotFoundError(f"no metrics.json under {Path(runs_root) / setting}")
-    sources = {m.get("data_dir") for m in metrics}
-    if len(sources) > 1:
-        raise ValueError(f"runs under {runs_root}/{setting} come from different datasets "
-                         f"{sorted(map(str, sources))}; use one runs root per dataset")
+    check_one_dataset(metrics, f"{runs_root}/{setting}")
     df = build_table(metrics, setting)
     md = to_markdown(df, setting, table_title(metrics, setting))
     rho = ordering_note(metrics, setting)
@@ -158,19 +174,39 @@ def collect(runs_root: str | Path, setting: str, methods: list[str] | None = Non
     return df, md
 
 
-def compare(runs_roots: list[str | Path], setting: str) -> str:
+def column_labels(roots: list[str | Path]) -> list[str]:
+    """A distinct column title per runs root: its folder name, or as many trailing path parts as
+    tell it from the others."""
+    paths = [Path(r).resolve() for r in roots]
+    for n in range(1, max(len(p.parts) for p in paths) + 1):
+        labels = ["/".join(p.parts[-n:]).lstrip("/") or "/" for p in paths]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
+
+
+def compare(runs_roots: list[str | Path], setting: str, methods: list[str] | None = None) -> str:
     """One Markdown table of mean joint recall per method (rows, the registry's order) and runs
     root (columns, e.g. two synthetic worlds), beside the paper's RecFlow numbers where it has
-    them, with each column's Spearman ρ against the paper's ordering and rank within the column."""
+    them, with each column's Spearman ρ against the paper's ordering and rank within the column.
+    Each root must hold one dataset's runs; a root given twice is an error."""
     from .paper import PAPER_JOINT_RECALL, rho_vs_paper
 
+    resolved = [Path(r).resolve() for r in runs_roots]
+    dup = next((r for i, r in enumerate(runs_roots) if resolved[i] in resolved[:i]), None)
+    if dup is not None:
+        raise UsageError(f"--compare {dup}: given twice; each runs root is one column")
     cols: dict[str, dict[str, float]] = {}
-    for root in runs_roots:
-        cols[Path(root).name] = mean_joint(load_metrics(Path(root), setting))
-        if not cols[Path(root).name]:
-            raise FileNotFoundError(f"no metrics.json under {Path(root) / setting}")
+    for root, label in zip(runs_roots, column_labels(runs_roots)):
+        metrics = load_metrics(Path(root), setting, methods)
+        if not metrics:
+            raise FileNotFoundError(f"no metrics.json under {Path(root) / setting}"
+                                    + (f" for {', '.join(methods)}" if methods else ""))
+        check_one_dataset(metrics, f"{root}/{setting}")
+        cols[label] = mean_joint(metrics)
     paper = PAPER_JOINT_RECALL.get(setting)
     if paper:
+        paper = {m: v for m, v in paper.items() if not methods or m in methods}
         cols = {"paper (RecFlow)": dict(paper), **cols}
     order = [m for m in method_order() if any(m in c for c in cols.values())]
 
@@ -206,12 +242,11 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     try:
         if a.compare:
-            print(compare(a.compare, a.setting))
+            print(compare(a.compare, a.setting, a.methods))
             return 0
         _, md = collect(a.runs_root, a.setting, a.methods, a.out_dir, a.plot)
     except (FileNotFoundError, ValueError, UsageError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return report_error(e)
     print(md)
     return 0
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .kernels import MODES as KERNEL_MODES
+from .run_folder import saved_method
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -25,16 +26,26 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: argparse groups, in --help order
 GROUPS = {"cascade": "cascade", "paper": "the paper's flags (same names and meaning)",
           "ours": "our flags", "robust": "robustness"}
+#: flags that only shape a training: evaluation uses the run's own values, and one given to
+#: evaluation must equal the run's (field names)
+TRAINING_ONLY = ("tau", "batch_size", "emb_dim", "lr", "seq_len", "print_freq", "seed",
+                 "train_days", "sort", "mask_mode", "loss_options", "tz", "max_steps", "vocab",
+                 "emb_optimizer", "ckpt_every", "resume", "overwrite", "skip_nonfinite")
+#: flags of evaluation only
+EVAL_ONLY = ("allow_train_day",)
 #: accepted for compatibility with the paper's scripts and ignored (flag -> help)
 IGNORED_FLAGS = {"--infer_realshow_batch_size":
                  "accepted for compatibility; evaluation uses --infer_recall_batch_size"}
 
 
-def _flag(default: Any, help: str, *flags: str, group: str = "ours", **argparse_kw: Any):
+def _flag(default: Any, help: str, *flags: str, group: str = "ours", eval_help: str | None = None,
+          **argparse_kw: Any):
     """A RunConfig field that is a command-line option: ``flags`` (first = our name, the others
     aliases; default ``--<field name>``), ``help``, argparse keywords (type, choices, nargs, ...).
-    ``cli_default`` in argparse_kw: the flag's default when it differs from the field's."""
-    meta = {"flags": flags, "help": help, "group": group, "argparse": argparse_kw}
+    ``cli_default`` in argparse_kw: the flag's default when it differs from the field's;
+    ``eval_help``: the help evaluation shows, where the flag means something else there."""
+    meta = {"flags": flags, "help": help, "group": group, "eval_help": eval_help,
+            "argparse": argparse_kw}
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -64,11 +75,13 @@ class RunConfig:
     seed: int | None = _flag(None, "random seed (default: the run id)", type=int)
     device: str = _flag("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     data_dir: str | None = _flag(str(REPO_ROOT / "data"), "RecFlow-layout folder (default $DATA_DIR "
-                                 "or ./data; run_test: the run's own)", "--data_dir", "--root_path",
-                                 cli_default=None)
+                                 "or ./data)", "--data_dir", "--root_path", cli_default=None,
+                                 eval_help="RecFlow-layout folder (default: the run's own, from "
+                                           "its config.json)")
     cache_dir: str | None = _flag(None, "day cache (default <data_dir>/.lcron_cache)")
     train_days: list[str] | None = _flag(None, "dates (default: the split)", nargs="+")
-    test_day: str | None = _flag(None, "date (default: the split)")
+    test_day: str | None = _flag(None, "date (default: the split: the paper's test day, else the "
+                                 "last day)", eval_help="date (default: the run's own test day)")
     run_dir: str | None = _flag(None, "run folder (default <runs_root>/<setting>/<method>/run-<id>)")
     runs_root: str = _flag(str(REPO_ROOT / "runs"), "where run folders go")
     sort: str | None = _flag(None, "sort operator", choices=["neural", "soft"])
@@ -87,17 +100,19 @@ class RunConfig:
     emb_optimizer: str = _flag("adam", "adam: dense Adam over every row (the paper's recipe); "
                                "lazy_adam: sparse gradients, Adam's update on the rows a batch "
                                "touches only", choices=["adam", "lazy_adam"])
-    kernels: str = _flag("auto", "CPU kernels of DIN's attention and the embedding gradients: "
-                         "native C++ (compiled on first use, cached), torch (pure PyTorch), auto "
-                         "(native when a compiler builds it, default); same values either way",
-                         choices=list(KERNEL_MODES))
+    kernels: str = _flag("auto", "CPU kernels of DIN's attention, the embedding gradients and "
+                         "Kendall tau: native C++ (compiled on first use, cached), torch (pure "
+                         "PyTorch), auto (native when a compiler builds it, default). The "
+                         "embedding gradients and Kendall tau are bit-identical either way; DIN's "
+                         "attention equals PyTorch's to float rounding, so trained towers differ "
+                         "at rounding level", choices=list(KERNEL_MODES))
     ckpt_every: int = _flag(200, "save the full training state every N steps (and at every day's "
                             "end); 0 = days only", group="robust", type=int)
     resume: bool = _flag(False, "continue the run from its last checkpoint", group="robust",
                          action="store_true")
     overwrite: bool = _flag(False, "train into a run folder that already holds a run, deleting "
                             "its results first", group="robust", action="store_true")
-    allow_train_day: bool = _flag(False, "run_test: allow --test_day to be one of the run's "
+    allow_train_day: bool = _flag(False, "evaluation: allow --test_day to be one of the run's "
                                   "training days", group="robust", action="store_true")
     skip_nonfinite: bool = _flag(False, "skip batches whose loss or gradient is NaN/inf (counted) "
                                  "instead of stopping", group="robust", action="store_true")
@@ -132,11 +147,6 @@ class RunConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
-def saved_method(saved: dict) -> str | None:
-    """The method of a saved config / towers meta, whichever name it was saved under."""
-    return saved.get("method", saved.get("loss_type"))
-
-
 def _parse_value(text: str) -> Any:
     try:
         return ast.literal_eval(text)
@@ -144,25 +154,52 @@ def _parse_value(text: str) -> Any:
         return text
 
 
-def add_run_flags(ap: argparse.ArgumentParser, with_setting: bool = True) -> None:
-    """One argparse option per flag field of RunConfig (``--setting`` only ``with_setting``)."""
+def add_run_flags(ap: argparse.ArgumentParser, with_setting: bool = True,
+                  action: str = "train") -> None:
+    """One argparse option per flag field of RunConfig (``--setting`` only ``with_setting``).
+    ``action`` "test": the evaluation's help, and the training-only flags in a group of their
+    own (accepted with the run's own values, for the paper's scripts; checked)."""
     from .cascade import SPECS
 
     groups = {k: ap.add_argument_group(title) for k, title in GROUPS.items()
               if with_setting or k != "cascade"}
+    if action == "test":
+        groups["training"] = ap.add_argument_group(
+            "training flags (evaluation uses the run's own values; a flag given here must equal "
+            "the run's, or it is an error)")
+    skip = EVAL_ONLY if action == "train" else ()
     for f in dataclasses.fields(RunConfig):
         meta = f.metadata
-        if "flags" not in meta or (f.name == "setting" and not with_setting):
+        if "flags" not in meta or (f.name == "setting" and not with_setting) or f.name in skip:
             continue
         kw = dict(meta["argparse"])
         default = kw.pop("cli_default", f.default if f.default is not dataclasses.MISSING
                          else f.default_factory())
         if f.name == "setting":
             kw["choices"] = sorted(SPECS)
-        groups[meta["group"]].add_argument(*(meta["flags"] or (f"--{f.name}",)), dest=f.name,
-                                           default=default, help=meta["help"], **kw)
+        group = meta["group"]
+        help = meta["help"]
+        if action == "test":
+            group = "training" if f.name in TRAINING_ONLY else group
+            help = meta["eval_help"] or help
+        groups[group].add_argument(*(meta["flags"] or (f"--{f.name}",)), dest=f.name,
+                                   default=default, help=help, **kw)
     for name, help in IGNORED_FLAGS.items():
         groups["paper"].add_argument(name, default=None, help=help)
+
+
+def given_flags(ap: argparse.ArgumentParser, argv: list[str] | None) -> set[str]:
+    """The dests of the options that ``argv`` names (whatever their values), for a parser whose
+    ``parse_args(argv)`` already succeeded."""
+    defaults = [(a, a.default) for a in ap._actions]
+    try:
+        for a, _ in defaults:
+            a.default = argparse.SUPPRESS
+        ns, _ = ap.parse_known_args(argv)
+    finally:
+        for a, d in defaults:
+            a.default = d
+    return set(vars(ns))
 
 
 def config_from_args(a: argparse.Namespace, setting: str | None = None,
@@ -229,8 +266,7 @@ def validate(cfg: RunConfig) -> None:
     for f in dataclasses.fields(RunConfig):     # every field with choices, as its flag declares
         choices, value = f.metadata.get("argparse", {}).get("choices"), getattr(cfg, f.name)
         need(not choices or value is None or value in choices,
-             f"{f.metadata['flags'][0] if f.metadata['flags'] else '--' + f.name} must be one of "
-             f"{', '.join(choices or ())}, got {value!r}")
+             f"{_flag_name(f.name)} must be one of {', '.join(choices or ())}, got {value!r}")
     check_tz(cfg.tz)
     if cfg.emb_optimizer == "lazy_adam" and context().enabled and context().backend == "nccl":
         need(False, "--emb_optimizer lazy_adam gives sparse embedding gradients, which NCCL cannot "
@@ -254,15 +290,13 @@ def validate(cfg: RunConfig) -> None:
 
 def check_tz(tz: str) -> None:
     """A known IANA time zone, or a UsageError naming --tz."""
-    import zoneinfo
-
+    from .data.timefeat import check_tz as check
     from .runtime import UsageError
 
     try:
-        zoneinfo.ZoneInfo(tz)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
-        raise UsageError(f"--tz {tz!r}: unknown time zone (an IANA name such as Asia/Shanghai "
-                         "or UTC)") from None
+        check(tz)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
 
 
 def check_eval_batch(cfg: RunConfig) -> None:
@@ -272,16 +306,47 @@ def check_eval_batch(cfg: RunConfig) -> None:
         raise UsageError(f"--infer_recall_batch_size must be >= 1, got {cfg.eval_batch_size}")
 
 
-def validate_eval(cfg: RunConfig, train_days: list[str]) -> None:
-    """The flags run_test uses, checked like training's; a training day as the test day needs
-    --allow_train_day."""
+def validate_eval(cfg: RunConfig, saved: dict, given: set[str] | frozenset = frozenset()) -> None:
+    """The flags evaluation uses, checked like training's, against the run's config.json
+    ``saved``: every training-only flag in ``given`` (the flags the command line named) must
+    equal the run's own value, ``--method`` must name the run's method; a training day as the
+    test day needs --allow_train_day."""
+    from .run_folder import check_day
     from .runtime import UsageError, resolve_device
 
     check_eval_batch(cfg)
-    if cfg.test_day and cfg.test_day in train_days and not cfg.allow_train_day:
-        raise UsageError(f"--test_day {cfg.test_day} is one of the run's training days; pass "
-                         "--allow_train_day to evaluate on it anyway")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {cfg.threads}")
+    if "tz" in given:
+        check_tz(cfg.tz)
+    method = saved_method(saved)
+    if "method" in given and cfg.method != method:
+        raise UsageError(f"--method {cfg.method}: the run in {cfg.resolved_run_dir()} was trained "
+                         f"with {method}")
+    for name in sorted(set(given) & set(TRAINING_ONLY)):
+        flag = _flag_name(name)
+        if name not in saved:
+            raise UsageError(f"{flag} is a training flag; evaluation uses the run as it was "
+                             "trained (drop it)")
+        mine, theirs = getattr(cfg, name), saved[name]
+        if name == "train_days":
+            mine, theirs = sorted(mine or []), sorted(theirs or [])
+        if mine != theirs:
+            raise UsageError(f"{flag} {_show(getattr(cfg, name))}: the run in "
+                             f"{cfg.resolved_run_dir()} was trained with {_show(saved[name])}; "
+                             "evaluation uses the run's own value (drop the flag)")
+    check_day(saved, cfg.test_day, cfg.allow_train_day, "--test_day")
     resolve_device(cfg.device)
+
+
+def _flag_name(name: str) -> str:
+    """The first (our) flag name of a RunConfig field."""
+    f = next(f for f in dataclasses.fields(RunConfig) if f.name == name)
+    return f.metadata["flags"][0] if f.metadata.get("flags") else f"--{name}"
+
+
+def _show(v: Any) -> str:
+    return " ".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
 
 
 def _cutoff_options(kw: dict):

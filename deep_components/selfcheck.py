@@ -1,5 +1,5 @@
-"""The self-check inputs of docs/methods.md ("Self-check values") and a command that prints what
-this implementation computes on them.
+"""The self-check inputs of docs/methods.md ("Self-check values") and a command that checks what
+this implementation computes on them against the reference values.
 
     python -m deep_components.selfcheck --setting two_stage      (any registered setting)
 
@@ -8,9 +8,12 @@ request 0 and (7a + 2) mod 10 in request 1 (label 30 - index), the negative grou
 constant labels, and stage t's (1-based) score of slot i in request b is
 2 sin(0.37 (i + 1) t + 1.1 b) + 0.01 i.  For every method it prints the loss, per stage the
 gradient's norm and its [0, 0] entry, the gradient of each learnable loss weight and the loss
-components; then per stage NDCG@10, Recall@10@quota, Kendall tau-b and the joint recall.  The
-tests (tests/test_losses.py, tests/test_metrics.py) hold the same numbers as computed by the
-authors' reference code and check that these agree with them.
+components; then per stage NDCG@10, Recall@10@quota, Kendall tau-b and the joint recall.  Each
+value is compared with the authors' reference code's (deep_components.selfcheck_reference, the
+same numbers the tests assert) at the tolerances listed there: a line per method and per stage
+says ``ok`` or ``MISMATCH`` with what differs, and the command exits 1 on any mismatch (0 when
+all agree).  Settings the reference code does not have (four_stage, ...) are printed, not
+checked, and say so.
 """
 from __future__ import annotations
 
@@ -67,31 +70,92 @@ def metric_report(spec: CascadeSpec) -> dict:
             "joint": float(M.cascade_recall(scores, labels, mask, spec.quotas).mean())}
 
 
+def _close(got: float, want: float, kind: str) -> bool:
+    import math
+
+    from .selfcheck_reference import TOLERANCE
+
+    rel, abs_ = TOLERANCE[kind]
+    return math.isclose(got, want, rel_tol=rel, abs_tol=abs_)
+
+
+def loss_mismatches(r: dict, ref: tuple) -> list[str]:
+    """What of a :func:`loss_report` differs from its reference (loss, grads, weights, comps)."""
+    loss_v, grads, wgrads, comps = ref
+    bad = []
+    if not _close(r["loss"], loss_v, "loss"):
+        bad.append(f"loss {r['loss']:.8g} (reference {loss_v:.8g})")
+    for t, ((n, g), (rn, rg)) in enumerate(zip(r["grads"], grads)):
+        if not _close(n, rn, "grad_norm"):
+            bad.append(f"stage {t + 1} |g| {n:.7g} (reference {rn:.7g})")
+        if not _close(g, rg, "grad_00"):
+            bad.append(f"stage {t + 1} g[0,0] {g:.7g} (reference {rg:.7g})")
+    if (r["weight_grads"] is None) != (wgrads is None):
+        bad.append("learnable loss weights " + ("missing" if wgrads else "unexpected"))
+    elif wgrads is not None:
+        bad += [f"dloss/dw[{i}] {g:.7g} (reference {e:.7g})"
+                for i, (g, e) in enumerate(zip(r["weight_grads"], wgrads))
+                if not _close(g, e, "weight_grad")]
+    for k, v in comps.items():
+        got = r["components"].get(k)
+        if got is None or not _close(got, v, "component"):
+            bad.append(f"{k} {got} (reference {v:.8g})")
+    return bad
+
+
 def main(argv: list[str] | None = None) -> int:
     from .loss import method_order
+    from .parsing import OneLineParser
+    from .selfcheck_reference import JOINT, LOSSES, METRICS, SHORT
 
-    ap = argparse.ArgumentParser(prog="python -m deep_components.selfcheck", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = OneLineParser(prog="python -m deep_components.selfcheck", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))
     ap.add_argument("--mask_mode", default="true", choices=["true", "reference"])
     a = ap.parse_args(argv)
     spec = get_spec(a.setting)
-    print(f"# self-check values, {spec.name} (float32)")
+    short = SHORT.get(spec.name)
+    checked = short is not None
+    print(f"# self-check values, {spec.name} (float32), "
+          + ("checked against the authors' reference code" if checked else
+             "NOT checked: the authors' code has no such setting (printed only)"))
+    failures = 0
+
+    def verdict(bad: list[str]) -> str:
+        nonlocal failures
+        if not checked:
+            return ""
+        failures += bool(bad)
+        return "  ok" if not bad else "  MISMATCH: " + "; ".join(bad)
+
     for name in method_order():
         r = loss_report(spec, name, a.mask_mode)
         grads = "  ".join(f"{st}: |g| {n:.7g}, g[0,0] {g:.7g}"
                           for st, (n, g) in zip(spec.stage_names, r["grads"]))
-        print(f"{name}: loss {r['loss']:.8g}  {grads}")
+        ref = LOSSES.get((short, name)) if checked else None
+        bad = (loss_mismatches(r, ref) if ref is not None
+               else [f"no reference value for {name}"])
+        print(f"{name}: loss {r['loss']:.8g}  {grads}{verdict(bad)}")
         if r["weight_grads"] is not None:
             print(f"    dloss/dw: {', '.join(f'{g:.7g}' for g in r['weight_grads'])}")
         if r["components"]:
             print("    " + ", ".join(f"{k} {v:.8g}" for k, v in r["components"].items()))
     m = metric_report(spec)
-    for st, (nd, rec, tau) in m["stages"].items():
-        print(f"metrics {st}: NDCG@10 {nd:.6f}  Recall@10@{spec.stages[spec.stage_names.index(st)].quota}"
-              f" {rec:.4f}  Kendall tau-b {tau:.6f}")
-    print(f"metrics joint recall: {m['joint']:.4f}")
-    return 0
+    for t, (st, (nd, rec, tau)) in enumerate(m["stages"].items()):
+        bad = []
+        if checked:
+            rnd, rrec, rtau = METRICS[(short, t)]
+            bad = [f"{what} {got:.6f} (reference {want:.6f})" for what, got, want, kind in (
+                ("NDCG@10", nd, rnd, "ndcg"), ("Recall", rec, rrec, "recall"),
+                ("Kendall", tau, rtau, "kendall")) if not _close(got, want, kind)]
+        print(f"metrics {st}: NDCG@10 {nd:.6f}  Recall@10@{spec.stages[t].quota} {rec:.4f}  "
+              f"Kendall tau-b {tau:.6f}{verdict(bad)}")
+    bad = ([f"{m['joint']:.4f} (reference {JOINT[short]:.4f})"]
+           if checked and not _close(m["joint"], JOINT[short], "joint") else [])
+    print(f"metrics joint recall: {m['joint']:.4f}{verdict(bad)}")
+    if checked:
+        print(f"self-check: {'all values agree with the reference' if not failures else f'{failures} line(s) differ from the reference'}")
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Serve a trained cascade over the whole catalogue, and measure what survives each stage.
 
     python -m deep_components.serve --run_dir RUN [RUN ...] [--data_dir D] [--day DATE]
-        [--keep 500 100 10] [--index exact|hnsw] [--device cpu] [--max_requests N]
+        [--allow_train_day] [--keep 500 100 10] [--index exact|ivf|hnsw] [--device auto]
+        [--batch_size 256] [--max_requests N]
 
 For each request: the retrieval tower (DSSM) scores the whole catalogue (deep_components.data.
 catalogue) through a faiss inner-product index of its item vectors and keeps its top K1; each
@@ -15,9 +16,12 @@ recflow-scale, against 0.93–0.97 for ivf).  On a CUDA device, with faiss-gpu i
 Full-catalogue evaluation of a day: per request with positives (the first group of the spec:
 ``rank_pos`` two-stage, ``rerank_pos`` three-stage), the share of its positive videos kept by
 each stage and the share in the final top ``keep[-1]``, averaged over those requests.  Written to
-``<run>/catalogue_metrics.json``; several runs print a table of mean ± std per method.
+the run folder (its catalogue metrics, which say the day, keep, index and data folder, and whether
+that is the run's own data by content); several runs print one table of mean ± std per setting,
+day, keep, index and data folder, a row per method and tag.  Each run folder is locked while it
+is served, so a run that another process trains or evaluates is refused.
 
-Library:  ``cascade = Cascade.from_run(run_dir)``; ``cascade.recommend(context, history,
+Library:  ``cascade = Cascade.from_run(run_dir)`` (``device="auto"``); ``cascade.recommend(context, history,
 history_mask, keep=(500, 10))`` -> per stage, catalogue rows [B, K_t]; ``cascade.video_ids(rows)``.
 """
 from __future__ import annotations
@@ -30,13 +34,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cascade import CascadeSpec, get_spec
-from .config import saved_method
-from .data import load_day
+from .cascade import CascadeSpec
 from .data.catalogue import Catalogue, load_catalogue
 from .data.errors import DataError
 from .data.vocab import LOCATIONS, Vocabulary
-from .runtime import UsageError, read_json, report_error, resolve_device, write_json
+from .run_folder import RunFolder, TrainedRun, check_day, iter_unique
+from .runtime import UsageError, report_error, resolve_device
 
 INDEXES = ("exact", "ivf", "hnsw")
 #: HNSW graph degree and search breadth (faiss's M and efSearch)
@@ -135,36 +138,34 @@ class Cascade:
         t0 = time.perf_counter()
         self.index_kind = index
         self.index = build_index(self.item_vectors, index, device)
+        #: where the faiss index lives ("cuda" only with faiss-gpu and an exact index)
+        self.index_device = "cuda" if type(self.index).__name__.startswith("Gpu") else "cpu"
         self.index_seconds = time.perf_counter() - t0
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, data_dir: str | None = None, device: str = "cpu",
+    def from_run(cls, run_dir: str | Path, data_dir: str | None = None, device: str = "auto",
                  index: str = "exact", cache_dir: str | None = None) -> "Cascade":
         """The cascade of a trained run folder; its catalogue is built from the run's days
-        (training days and test day) of ``data_dir`` (default: the run's own data folder)."""
-        from .run_eval import _check_data_fits
-        from .checkpoint import load_towers
+        (training days and test day) of ``data_dir`` (default: the run's own data folder).  The
+        folder is read under a shared lock: a run being trained is refused."""
+        folder = RunFolder(run_dir)
+        with folder.lock(shared=True):
+            return cls.from_trained(folder.open_trained(resolve_device(device), data_dir), index,
+                                    cache_dir)
 
-        run_dir = Path(run_dir)
-        cfg_path = run_dir / "config.json"
-        if not cfg_path.is_file():
-            raise UsageError(f"{cfg_path}: not a run folder (no config.json); train first")
-        saved = read_json(cfg_path)
-        spec = get_spec(saved["setting"])
-        dev = resolve_device(device)
-        data_dir = data_dir or saved["data_dir"]
-        if not Path(data_dir).is_dir():
-            raise UsageError(f"{data_dir}: the data folder of {run_dir} is not there; pass --data_dir")
-        models, meta, vocab = load_towers(run_dir, dev)
-        _check_data_fits(run_dir, meta["id_counts"], data_dir, saved["data_dir"])
-        days = [d for d in list(saved["train_days"]) + [saved.get("test_day")] if d]
+    @classmethod
+    def from_trained(cls, run: TrainedRun, index: str = "exact",
+                     cache_dir: str | None = None) -> "Cascade":
+        """The cascade of an opened run (:meth:`RunFolder.open_trained`)."""
         t0 = time.perf_counter()
-        cat = load_catalogue(data_dir, days, spec, saved.get("tz", "Asia/Shanghai"),
-                             cache_dir=cache_dir, history_len=saved.get("seq_len", 50))
+        cat = load_catalogue(run.data_dir, run.run_days, run.spec,
+                             run.config.get("tz", "Asia/Shanghai"), cache_dir=cache_dir,
+                             history_len=run.config.get("seq_len", 50))
         seconds = time.perf_counter() - t0
-        out = cls(models, spec, cat, vocab, dev, index)
+        dev = next(run.models[0].parameters()).device
+        out = cls(run.models, run.spec, cat, run.vocab, dev, index)
         out.catalogue_seconds = seconds
-        out.run_dir, out.saved, out.data_dir, out.cache_dir = run_dir, saved, str(data_dir), cache_dir
+        out.run, out.saved, out.data_dir, out.cache_dir = run, run.config, run.data_dir, cache_dir
         return out
 
     def video_ids(self, rows: np.ndarray) -> np.ndarray:
@@ -251,20 +252,86 @@ def evaluate_catalogue(cascade: Cascade, day, keep: Sequence[int], batch_size: i
     return out
 
 
-def _table(results: list[dict]) -> list[str]:
-    by: dict[str, list[dict]] = {}
+#: what makes results comparable in one table (a table per value of these)
+TABLE_KEYS = ("setting", "day", "keep", "index", "data_dir", "own_data")
+
+
+def tables(results: list[dict]) -> list[str]:
+    """Markdown: one table of mean ± std (ddof 1) per :data:`TABLE_KEYS` value, a row per
+    (method, tag) in the registry's order, a column per stage."""
+    from .loss import display_name, method_order
+
+    order = method_order()
+    groups: dict[tuple, list[dict]] = {}
     for r in results:
-        by.setdefault(r["method"], []).append(r)
-    stages = list(results[0]["survival"])
-    lines = ["| method | " + " | ".join(f"kept by {s}" for s in stages) + " | runs |",
-             "|---|" + "---|" * (len(stages) + 1)]
-    for m, rs in by.items():
-        cells = []
-        for s in stages:
-            v = np.array([r["survival"][s] for r in rs])
-            cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
-        lines.append(f"| {m} | " + " | ".join(cells) + f" | {len(rs)} |")
-    return lines
+        groups.setdefault(tuple(str(r[k]) for k in TABLE_KEYS), []).append(r)
+    lines = []
+    for key, rs in groups.items():
+        head = dict(zip(TABLE_KEYS, key))
+        stages = list(rs[0]["survival"])
+        lines += ["", f"**{head['setting']}, day {head['day']}, keep {head['keep']}, index "
+                      f"{head['index']}, data {head['data_dir']}"
+                      f"{'' if rs[0]['own_data'] else ' (NOT the runs’ own data)'}**", "",
+                  "| method | " + " | ".join(f"kept by {s}" for s in stages) + " | runs |",
+                  "|---|" + "---|" * (len(stages) + 1)]
+        by: dict[tuple, list[dict]] = {}
+        for r in rs:
+            by.setdefault((r["method"], r["tag"]), []).append(r)
+        for (m, tag), runs in sorted(by.items(), key=lambda kv: (
+                order.index(kv[0][0]) if kv[0][0] in order else len(order), kv[0])):
+            cells = []
+            for s in stages:
+                v = np.array([r["survival"][s] for r in runs])
+                cells.append(f"{v.mean():.4f} ± {v.std(ddof=1) if len(v) > 1 else 0:.4f}")
+            name = display_name(m) + (f" [{tag}]" if tag else "")
+            lines.append(f"| {name} | " + " | ".join(cells) + f" | {len(runs)} |")
+    return lines[1:]
+
+
+def check_flags(a) -> torch.device:
+    """Every flag of serve, before any work; returns the device."""
+    if a.batch_size < 1:
+        raise UsageError(f"--batch_size must be >= 1, got {a.batch_size}")
+    if a.max_requests is not None and a.max_requests < 1:
+        raise UsageError(f"--max_requests must be >= 1, got {a.max_requests}")
+    if a.keep is not None and (any(k < 1 for k in a.keep)
+                               or any(b >= x for x, b in zip(a.keep, a.keep[1:]))):
+        raise UsageError(f"--keep must be positive and strictly decreasing, got {a.keep}")
+    return resolve_device(a.device)
+
+
+def serve_run(folder: RunFolder, a, device: torch.device, seen_keys: dict) -> dict:
+    """Serve one run folder (locked for the whole of it) and write its catalogue metrics."""
+    with folder.lock():
+        saved = folder.config()
+        key = saved.get("run_key")
+        if key in seen_keys:
+            raise UsageError(f"--run_dir {folder.path}: the same training as {seen_keys[key]} "
+                             f"(run key {key}); each run is counted once")
+        seen_keys[key] = str(folder.path)
+        day_name = a.day or saved["test_day"]
+        check_day(saved, day_name, a.allow_train_day, "--day")
+        t0 = time.perf_counter()
+        run = folder.open_trained(device, a.data_dir)
+        if a.keep is not None:
+            check_keep(a.keep, run.spec, 10**18)
+        digests = {d: run.load_day(d, a.cache_dir).stats["source_digest"]
+                   for d in dict.fromkeys(run.run_days + [day_name])}
+        cascade = Cascade.from_trained(run, a.index, a.cache_dir)
+        build = time.perf_counter() - t0
+        keep = a.keep or default_keep(run.spec.num_stages)
+        check_keep(keep, run.spec, len(cascade.catalogue))
+        day = run.load_day(day_name, a.cache_dir)
+        r = evaluate_catalogue(cascade, day, keep, a.batch_size, a.max_requests,
+                               compare_exact=a.index != "exact")
+        r.update(run.identity() | {
+            "data_dir": run.data_dir, "own_data": run.own_data(digests),
+            "index_device": cascade.index_device, "setup_seconds": round(build, 3),
+            "catalogue_seconds": round(cascade.catalogue_seconds, 3),
+            "item_vector_seconds": round(cascade.vector_seconds, 3),
+            "index_seconds": round(cascade.index_seconds, 3)})
+        folder.write_result("catalogue_metrics", r)
+    return r
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,43 +341,38 @@ def main(argv: list[str] | None = None) -> int:
                        description="Serve trained cascades over the whole catalogue of a dataset.")
     ap.add_argument("--run_dir", nargs="+", required=True, help="trained run folder(s)")
     ap.add_argument("--data_dir", default=None, help="dataset (default: each run's own)")
-    ap.add_argument("--cache_dir", default=None)
+    ap.add_argument("--cache_dir", default=None, help="day cache (default <data_dir>/.lcron_cache)")
     ap.add_argument("--day", default=None, help="day to serve (default: the run's test day)")
+    ap.add_argument("--allow_train_day", action="store_true",
+                    help="allow --day to be one of the run's training days")
     ap.add_argument("--keep", nargs="+", type=int, default=None,
                     help="videos kept by each stage, decreasing (default: 500 10 two-stage, "
                          "500 100 10 three-stage, 500 100 50 10 four-stage, ...)")
-    ap.add_argument("--index", default="exact", choices=INDEXES)
-    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--index", default="exact", choices=INDEXES,
+                    help="faiss index of the retrieval stage: exact (flat inner product), ivf "
+                         "(inverted lists) or hnsw (a graph); the approximate ones report their "
+                         "recall against exact")
+    ap.add_argument("--device", default="auto",
+                    help="auto (cuda if available), cpu, cuda, cuda:N: where the towers run")
     ap.add_argument("--batch_size", type=int, default=256, help="requests per batch")
     ap.add_argument("--max_requests", type=int, default=None, help="serve only the first N")
     a = ap.parse_args(argv)
     try:
-        results = []
-        for run in a.run_dir:
-            t0 = time.perf_counter()
-            cascade = Cascade.from_run(run, a.data_dir, a.device, a.index, a.cache_dir)
-            build = time.perf_counter() - t0
-            keep = a.keep or default_keep(cascade.spec.num_stages)
-            check_keep(keep, cascade.spec, len(cascade.catalogue))
-            day_name = a.day or cascade.saved["test_day"]
-            day = load_day(cascade.data_dir, day_name, cascade.spec, cascade.saved.get("tz", "Asia/Shanghai"),
-                           cache_dir=a.cache_dir, history_len=cascade.saved.get("seq_len", 50))
-            r = evaluate_catalogue(cascade, day, keep, a.batch_size, a.max_requests,
-                                   compare_exact=a.index != "exact")
-            r.update({"method": saved_method(cascade.saved), "run_id": cascade.saved["run_id"],
-                      "run_key": cascade.saved.get("run_key"), "setup_seconds": round(build, 3),
-                      "catalogue_seconds": round(cascade.catalogue_seconds, 3),
-                      "item_vector_seconds": round(cascade.vector_seconds, 3),
-                      "index_seconds": round(cascade.index_seconds, 3)})
-            write_json(Path(run) / "catalogue_metrics.json", r)
-            print(f"{r['method']} run {r['run_id']} ({cascade.spec.name}, {day_name}, "
-                  f"{r['catalogue_videos']:,} videos, keep {keep}, {a.index}): "
+        device = check_flags(a)
+        folders = list(iter_unique([RunFolder(p) for p in a.run_dir]))
+        results, seen = [], {}
+        for folder in folders:
+            r = serve_run(folder, a, device, seen)
+            other = "" if r["own_data"] else f", on {r['data_dir']}: NOT the run's own data"
+            tag = f" [{r['tag']}]" if r["tag"] else ""
+            print(f"{r['method']}{tag} run {r['run_id']} ({r['setting']}, {r['day']}, {r['catalogue_videos']:,} "
+                  f"videos, keep {r['keep']}, {r['index']}{other}): "
                   + ", ".join(f"kept by {s} {v:.4f}" for s, v in r["survival"].items())
-                  + (f", index recall@{keep[0]} vs exact {r['index_recall_vs_exact']:.4f}"
+                  + (f", index recall@{r['keep'][0]} vs exact {r['index_recall_vs_exact']:.4f}"
                      if "index_recall_vs_exact" in r else ""), flush=True)
             results.append(r)
         if len(results) > 1:
-            print("\n".join(_table(results)))
+            print("\n".join(tables(results)))
     except (DataError, UsageError, ValueError, OSError) as e:
         return report_error(e)
     return 0

@@ -9,7 +9,10 @@ it yields, for every t, exactly the model trained on days[0..t-1] (day shuffles 
         --methods bce lcron --first_test_day 2024-01-14 [--last_test_day D] [--run_ids 30 31]
 
 Writes ``<out>/<setting>_streaming.{md,csv,png}``: a per-day table (joint recall and per-stage
-recall, mean over runs) and a plot of joint recall per method over the test days.
+recall, mean over runs) and a plot of joint recall per method over the test days; ``_runs.csv``
+(every run, with the experiment's run key) and ``.json`` (the run key, configuration, data folder
+and its id-count digest).  Every flag is checked before the first step; the out folder is checked
+for writing first and locked per setting while the experiment runs.
 """
 from __future__ import annotations
 
@@ -20,19 +23,26 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import torch
 
+from . import kernels
 from .cascade import get_spec
 from .loss import display_name, method_order
 from .config import RunConfig
-from .data import DataError, list_days, read_id_counts, synthetic_info
+from .data import DataError, list_days, load_day, read_id_counts, synthetic_info
 from .parsing import OneLineParser
-from .runtime import UsageError, resolve_device
+from .runtime import UsageError, ensure_writable, report_error, resolve_device, write_json
 from .train import Trainer, prepare_data
 
 
 def stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
            last: str | None = None) -> pd.DataFrame:
-    """Rows: method, run, test_day, joint, <stage> recall ... (one per test day, method, run)."""
+    """Rows: method, run, test_day, train_days, steps, joint, <stage> recall ... (one per test
+    day, method and run).  Every flag and method is checked before the first step; ``--max_steps``
+    caps each training pass (later test days then evaluate the model where it stopped: see the
+    ``steps`` column)."""
+    from .config import validate
+
     spec = get_spec(cfg.setting)
     root = Path(cfg.data_dir)
     days = list_days(root)
@@ -41,29 +51,48 @@ def stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
     if not tests or tests[0] == days[0]:
         raise UsageError(f"test days must lie in {days[1] if len(days) > 1 else '?'} ... {days[-1]} "
                          f"(each needs at least one earlier training day); got {first} ... {last}")
-    device = resolve_device(cfg.device)
-    id_counts = read_id_counts(root)
-    vocab = prepare_data(cfg, spec, root, [d for d in days if d <= tests[-1]])
-    rows = []
-    for method in methods:
-        for run_id in run_ids:
+    if not methods or not run_ids:
+        raise UsageError("--methods and --run_ids need at least one value each")
+    if any(r < 0 for r in run_ids):
+        raise UsageError(f"--run_ids must be >= 0, got {run_ids}")
+    configs = []
+    for method in dict.fromkeys(methods):
+        for run_id in dict.fromkeys(run_ids):
             mcfg = RunConfig.from_dict(cfg.to_dict() | {"method": method, "run_id": run_id})
-            trainer = Trainer(mcfg, spec, root, id_counts, device, mcfg.resolved_seed(), vocab)
-            t0 = time.perf_counter()
-            for di, date in enumerate(days):
-                if date in tests:
-                    m = trainer.evaluate(date)
-                    row = {"method": method, "run": run_id, "test_day": date,
-                           "train_days": di, "joint": m["joint_recall"]}
-                    row.update({f"{k} recall": v["recall"] for k, v in m["stages"].items()})
-                    rows.append(row)
-                    logging.getLogger("deep_components.streaming").info(
-                        "%s run %d %s joint %.4f", method, run_id, date, m["joint_recall"])
-                if date >= tests[-1]:
-                    break
+            validate(mcfg)
+            configs.append(mcfg)
+    device = resolve_device(cfg.device)
+    kernels.select(cfg.kernels, device)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    id_counts = read_id_counts(root)
+    vocab = prepare_data(cfg, spec, root, [d for d in days if d <= tests[-1]]).vocab
+    before = [d for d in days if d < tests[0]]
+    sizes = [load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir,
+                      history_len=cfg.seq_len).num_requests for d in before]
+    if sum(n // cfg.batch_size for n in sizes) == 0:
+        raise UsageError(f"--batch_size {cfg.batch_size} is larger than every day before the first "
+                         f"test day {tests[0]} ({min(sizes):,}..{max(sizes):,} requests a day): its "
+                         "model would be untrained; lower --batch_size or pick a later first day")
+    rows = []
+    for mcfg in configs:
+        trainer = Trainer(mcfg, spec, root, id_counts, device, mcfg.resolved_seed(), vocab)
+        t0 = time.perf_counter()
+        for di, date in enumerate(days):
+            if date in tests:
+                m = trainer.evaluate(date)
+                row = {"method": mcfg.method, "run": mcfg.run_id, "test_day": date,
+                       "train_days": di, "steps": trainer.step, "joint": m["joint_recall"]}
+                row.update({f"{k} recall": v["recall"] for k, v in m["stages"].items()})
+                rows.append(row)
+                logging.getLogger("deep_components.streaming").info(
+                    "%s run %d %s joint %.4f", mcfg.method, mcfg.run_id, date, m["joint_recall"])
+            if date >= tests[-1]:
+                break
+            if not trainer.reached_max_steps():
                 trainer.train_day(date, di)
-            print(f"{method} run {run_id}: {len(tests)} test days in {time.perf_counter() - t0:.1f}s",
-                  file=sys.stderr)
+        print(f"{mcfg.method} run {mcfg.run_id}: {len(tests)} test days in "
+              f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return pd.DataFrame(rows)
 
 
@@ -91,7 +120,11 @@ def to_markdown(summary: pd.DataFrame, title: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import uuid
+
     from .config import add_run_flags, config_from_args
+    from .data.cache import id_count_digest
+    from .run_folder import RunLock
 
     ap = OneLineParser(prog="python -m deep_components.streaming", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,24 +138,32 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     try:
         cfg = config_from_args(a)
-        df = stream(cfg, a.methods, a.run_ids, a.first_test_day, a.last_test_day)
-    except (DataError, UsageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    out = Path(a.out_dir or Path(cfg.runs_root) / "streaming")
-    out.mkdir(parents=True, exist_ok=True)
-    synthetic = synthetic_info(cfg.data_dir) is not None
-    title = (f"{a.setting.replace('_', '-')} streaming evaluation — "
-             + ("SYNTHETIC data (simulated, not RecFlow)" if synthetic else "RecFlow"))
-    summary = summarise(df)
-    md = to_markdown(summary, title)
-    stem = f"{a.setting}_streaming"
-    df.to_csv(out / f"{stem}_runs.csv", index=False, float_format="%.6f")
-    summary.to_csv(out / f"{stem}.csv", index=False, float_format="%.6f")
-    (out / f"{stem}.md").write_text(md + "\n")
-    from .plot import plot_over_days
+        out = Path(a.out_dir or Path(cfg.runs_root) / "streaming")
+        ensure_writable(out, "the streaming results")
+        stem = f"{cfg.setting}_streaming"
+        with RunLock(out, name=f".{stem}.lock"):
+            df = stream(cfg, a.methods, a.run_ids, a.first_test_day, a.last_test_day)
+            key = uuid.uuid4().hex
+            df.insert(0, "run_key", key)
+            synthetic = synthetic_info(cfg.data_dir) is not None
+            title = (f"{cfg.setting.replace('_', '-')} streaming evaluation — "
+                     + ("SYNTHETIC data (simulated, not RecFlow)" if synthetic else "RecFlow")
+                     + f", {cfg.data_dir}")
+            summary = summarise(df.drop(columns="run_key"))
+            md = to_markdown(summary, title)
+            write_json(out / f"{stem}.json", {
+                "run_key": key, "setting": cfg.setting, "data_dir": cfg.data_dir,
+                "id_cnt_digest": id_count_digest(cfg.data_dir), "methods": list(a.methods),
+                "run_ids": list(a.run_ids), "test_days": sorted(set(df["test_day"])),
+                "config": cfg.to_dict()})
+            df.to_csv(out / f"{stem}_runs.csv", index=False, float_format="%.6f")
+            summary.to_csv(out / f"{stem}.csv", index=False, float_format="%.6f")
+            (out / f"{stem}.md").write_text(md + "\n")
+            from .plot import plot_over_days
 
-    plot_over_days(summary, title, out / f"{stem}.png")
+            plot_over_days(summary, title, out / f"{stem}.png")
+    except (DataError, UsageError, ValueError, OSError) as e:
+        return report_error(e)
     print(md)
     return 0
 

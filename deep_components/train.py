@@ -15,6 +15,7 @@ import json
 import logging
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +27,10 @@ from tqdm import tqdm
 from . import kernels
 from .cascade import CascadeSpec, get_spec
 from .config import RunConfig
-from .checkpoint import (CHECKPOINT_FILE, TOWERS_FILE, check_compatible, load_checkpoint, restore,
-                         save_checkpoint, save_towers)
+from .checkpoint import differences, restore
 from .data import batch_indices, default_split, list_days, load_day, read_id_counts, synthetic_info
 from .data.batches import batch_to_device
+from .data.cache import id_count_digest
 from .data.errors import DataError
 from .data.vocab import Vocabulary, load_vocabulary
 from .distributed import context
@@ -37,8 +38,9 @@ from .evaluate import evaluate
 from .lazy_adam import LazyAdam
 from .loss import build_loss
 from .models import build_models, forward_all
-from .runtime import (RunLock, TrainingError, UsageError, ensure_writable, environment, read_json,
-                      resolve_device, seed_everything, write_json)
+from .run_folder import RunFolder
+from .runtime import (TrainingError, UsageError, ensure_writable, environment, resolve_device,
+                      seed_everything)
 
 log = logging.getLogger("deep_components.train")
 
@@ -146,9 +148,13 @@ class Trainer:
                 opt.step()
         return out, ok
 
-    def train_day(self, date: str, day_index: int, log_file=None, start_batch: int = 0) -> bool:
+    def reached_max_steps(self) -> bool:
+        return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
+
+    def train_day(self, date: str, day_index: int, log_file=None, start_batch: int = 0) -> int | None:
         """One pass over ``date`` (shuffled, full batches) from batch ``start_batch``.
-        Returns False once max_steps is reached."""
+        Returns None when the day is done, or the next batch index when ``max_steps`` stopped
+        it before its last batch."""
         cfg = self.cfg
         arrays = self.load_rows(date, in_memory=True).arrays()
         batches = batch_indices(len(arrays["request_id"]), cfg.batch_size, seed=[self.seed, day_index])
@@ -158,6 +164,9 @@ class Trainer:
                    initial=start_batch, total=len(batches))
         t_day = time.perf_counter()
         for n, bi in enumerate(bar):
+            if self.reached_max_steps():
+                bar.close()
+                return bi
             idx = self.dist.shard(batches[bi])
             out, ok = self.train_step(batch_to_device({k: v[idx] for k, v in arrays.items()}, self.device))
             self.step += 1
@@ -180,11 +189,8 @@ class Trainer:
                 if log_file is not None:
                     log_file.flush()
                 self.on_checkpoint(day_index, bi + 1)
-            if cfg.max_steps and self.step >= cfg.max_steps:
-                bar.close()
-                return False
         bar.close()
-        return True
+        return None
 
     def _non_finite(self, rec: dict, date: str, batch: int) -> None:
         comps = ", ".join(f"{k}={v:.6g}" for k, v in rec.items()
@@ -205,20 +211,32 @@ class Trainer:
                         self.cfg.eval_batch_size)
 
 
+@dataclass
+class PreparedData:
+    """The run's days converted: their compact vocabulary (None: full tables) and the data's
+    digests ({"id_cnt": d, "days": {date: d}}, by content: data.cache.source_digest)."""
+
+    vocab: Vocabulary | None
+    digest: dict[str, Any]
+
+
 def prepare_data(cfg: RunConfig, spec: CascadeSpec, root: Path, days: list[str],
-                 vocab: Vocabulary | None = None) -> Vocabulary | None:
-    """Convert ``days`` into the day cache and build their vocabulary (``--vocab compact``;
-    a ``vocab`` given, e.g. a checkpoint's, is kept).  Under torchrun rank 0 does it first, so
-    ranks never build the same cache twice."""
+                 vocab: Vocabulary | None = None) -> PreparedData:
+    """Convert ``days`` into the day cache, record their digests and build their vocabulary
+    (``--vocab compact``; a ``vocab`` given, e.g. a checkpoint's, is kept).  Under torchrun rank 0
+    does it first, so ranks never build the same cache twice."""
     ctx = context()
 
     def build():
+        digest = {"id_cnt": id_count_digest(root), "days": {}}
         for d in days:        # every day, even when the vocabulary itself is already cached
-            load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir, history_len=cfg.seq_len)
+            day = load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir, history_len=cfg.seq_len)
+            digest["days"][d] = day.stats["source_digest"]
+        v = vocab
         if cfg.vocab == "compact" and vocab is None:
-            return load_vocabulary(root, days, spec, cfg.tz, cache_dir=cfg.cache_dir,
-                                   history_len=cfg.seq_len)
-        return vocab
+            v = load_vocabulary(root, days, spec, cfg.tz, cache_dir=cfg.cache_dir,
+                                history_len=cfg.seq_len)
+        return PreparedData(v, digest)
 
     if ctx.enabled and not ctx.is_main:
         ctx.barrier()
@@ -239,21 +257,6 @@ def checkpoint_meta(cfg: RunConfig, spec: CascadeSpec, id_counts: dict[str, int]
             "emb_optimizer": cfg.emb_optimizer}
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Keep the loss-log lines of steps <= ``step`` (those after the checkpoint are redone)."""
-    if not path.is_file():
-        return
-    with open(path) as f:
-        keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
-    with open(path, "w") as f:
-        f.writelines(keep)
-
-
-#: what a training writes into its run folder (removed first by --overwrite)
-RESULT_FILES = ("config.json", "env.json", "loss_log.jsonl", "checkpoint.pt", TOWERS_FILE,
-                "train_summary.json", "metrics.json")
-
-
 def _check_steps(cfg: RunConfig, spec: CascadeSpec, root: Path, train_days: list[str]) -> None:
     """Refuse a run in which no training step would happen (every day smaller than a batch)."""
     sizes = [load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir,
@@ -264,14 +267,46 @@ def _check_steps(cfg: RunConfig, spec: CascadeSpec, root: Path, train_days: list
                          "step would run; lower --batch_size")
 
 
+def _check_resumable(folder: RunFolder, ckpt: dict, cfg: RunConfig, train_days: list[str]) -> None:
+    """A finished run, or a --max_steps it has already reached, is not a training to continue."""
+    pos = ckpt["position"]
+    if pos["day_index"] >= len(train_days):
+        raise UsageError(f"{folder.path}: its training is finished (all {len(train_days)} days, "
+                         f"{pos['step']} steps): nothing to resume; evaluate it, or train it "
+                         "again with --overwrite")
+    if cfg.max_steps and cfg.max_steps <= pos["step"]:
+        raise UsageError(f"--max_steps {cfg.max_steps}: the run in {folder.path} is already at "
+                         f"step {pos['step']}; pass a larger --max_steps (or none) to continue it")
+
+
+def _resume_differences(saved: dict, ckpt: dict, meta: dict, test_day: str | None, root: Path,
+                        data: PreparedData, days: list[str]) -> tuple[list[str], dict]:
+    """(what differs between the run in the folder and this command, config.json updates)."""
+    from .run_folder import data_differences
+
+    diffs = differences(ckpt["meta"], meta)
+    if saved.get("test_day") != test_day:
+        diffs.append(f"test_day: run {saved.get('test_day')!r}, this run {test_day!r}")
+    updates = {}
+    moved = Path(saved["data_dir"]).resolve() != root.resolve()
+    content = data_differences(saved.get("data_digest"), data.digest, days)
+    if content or (moved and not saved.get("data_digest")):
+        diffs.append(f"data_dir: run {saved['data_dir']}, this run {root}"
+                     + (f" ({'; '.join(content)})" if content else " (content unknown)"))
+    elif moved:                   # the same bytes at another path: the run's data, moved
+        log.warning("resuming on %s: the same data as %s (by content)", root, saved["data_dir"])
+        updates["data_dir"] = str(root)
+    return diffs, updates
+
+
 def train(cfg: RunConfig) -> Path:
     """Train one run; returns its run folder (config, env, loss log, checkpoint, towers, summary).
 
     Everything that can be checked is checked before the run folder is touched (flags, time
     zone, the cache location, a checkpoint for --resume, existing results) or before its first
-    result is written (every day converted, the number of steps); the folder is locked for the
-    whole run, and a folder this call created is removed again if the run fails before training
-    starts."""
+    result is written (every day converted, the number of steps, what a --resume would change);
+    the folder is locked for the whole run, and a folder this call created is removed again if
+    the run fails before training starts."""
     from .config import validate
     from .data.cache import default_cache_dir
 
@@ -287,81 +322,81 @@ def train(cfg: RunConfig) -> Path:
     train_days, test_day = resolve_split(cfg, days)
     id_counts = read_id_counts(root)
     seed = cfg.resolved_seed()
-    run_dir = cfg.resolved_run_dir()
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    if cfg.resume and not ckpt_path.is_file():
-        raise UsageError(f"{ckpt_path}: no checkpoint to resume from (train without --resume first)")
-    existing = [f for f in RESULT_FILES if (run_dir / f).exists()]
-    if not cfg.resume and existing and not cfg.overwrite:
-        raise UsageError(f"{run_dir}: already holds a run ({', '.join(existing)}); continue it with "
-                         "--resume, or replace it with --overwrite")
-    created = not run_dir.exists()
+    folder = RunFolder(cfg.resolved_run_dir())
+    folder.check_can_train(cfg.resume, cfg.overwrite)
+    created = not folder.path.exists()
     lock = None
     if ctx.is_main:
         ensure_writable(Path(cfg.cache_dir) if cfg.cache_dir else default_cache_dir(root),
                         "the data cache")
-        ensure_writable(run_dir, "the run folder")
-        lock = RunLock(run_dir).acquire()
+        ensure_writable(folder.path, "the run folder")
+        lock = folder.lock()
     started = False
     try:
-        ckpt = load_checkpoint(ckpt_path, device) if cfg.resume else None
+        ckpt, saved = None, None
         saved_vocab = None
-        if ckpt is not None and cfg.vocab == "compact" and "vocab" in ckpt:
-            try:
-                saved_vocab = Vocabulary.from_state(ckpt["vocab"])
-            except (KeyError, ValueError, TypeError) as e:
-                raise UsageError(f"{ckpt_path}: the checkpoint's vocabulary is unreadable ({e})") from None
+        if cfg.resume:
+            ckpt, saved = folder.load_checkpoint(), folder.config()
+            _check_resumable(folder, ckpt, cfg, train_days)
+            if cfg.vocab == "compact" and "vocab" in ckpt:
+                try:
+                    saved_vocab = Vocabulary.from_state(ckpt["vocab"])
+                except (KeyError, ValueError, TypeError) as e:
+                    raise UsageError(f"{folder.checkpoint_path()}: the checkpoint's vocabulary is "
+                                     f"unreadable ({e})") from None
         # every day of the run is converted (and so checked) before the first step; the
         # vocabulary covers them all (training days and the test day): a test-day id absent
         # from training keeps its initial vector, exactly as in a full-size table
-        vocab = prepare_data(cfg, spec, root, [d for d in train_days + [test_day] if d], saved_vocab)
+        run_days = [d for d in train_days + [test_day] if d]
+        data = prepare_data(cfg, spec, root, run_days, saved_vocab)
+        vocab = data.vocab
         _check_steps(cfg, spec, root, train_days)
+        meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed, vocab)
+        updates = {}
+        if ckpt is not None:
+            diffs, updates = _resume_differences(saved, ckpt, meta, test_day, root, data, run_days)
+            if diffs:
+                raise UsageError(f"{folder.path}: --resume continues the training in the folder, "
+                                 "and this command differs from it: " + "; ".join(diffs))
         trainer = Trainer(cfg, spec, root, id_counts, device, seed, vocab)
         param_bytes = sum(p.numel() * p.element_size() for p in trainer.params)
         if ctx.is_main:
-            ensure_writable(run_dir, "a checkpoint", need_bytes=4 * param_bytes)  # params + Adam + towers
+            ensure_writable(folder.path, "a checkpoint", need_bytes=4 * param_bytes)  # params + Adam + towers
             if vocab is not None:
                 log.info("compact vocabulary: %s rows (id_cnt: %s)", vocab.sizes(),
                          {f: id_counts[f] for f in vocab.ids})
-        meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed, vocab)
         if ckpt is not None:
-            check_compatible(ckpt["meta"], meta, ckpt_path)
-            restore(trainer, ckpt, ckpt_path)
+            restore(trainer, ckpt, folder.checkpoint_path())
         started = True
-        return _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, test_day,
-                             id_counts, seed, device, vocab, existing)
+        return _run_training(cfg, spec, root, folder, trainer, meta, ckpt, train_days, test_day,
+                             id_counts, seed, device, data, updates)
     except BaseException:
         if created and not started and ctx.is_main:
             import shutil
 
-            shutil.rmtree(run_dir, ignore_errors=True)   # the lock is released just below
+            shutil.rmtree(folder.path, ignore_errors=True)   # the lock is released just below
         raise
     finally:
         if lock is not None:
             lock.release()
 
 
-def _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, test_day, id_counts,
-                  seed, device, vocab, existing) -> Path:
+def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train_days, test_day,
+                  id_counts, seed, device, data: PreparedData, updates: dict) -> Path:
     ctx = context()
-    ckpt_path = run_dir / CHECKPOINT_FILE
-    log_path = run_dir / "loss_log.jsonl"
+    vocab = data.vocab
     start_day, start_batch = 0, 0
     run_key = None
     if ckpt is not None:
         pos = ckpt["position"]
         start_day, start_batch = pos["day_index"], pos["batch_index"]
         trainer.step, trainer.requests, trainer.skipped = pos["step"], pos["requests"], pos["skipped"]
-        trainer.last_checkpoint = f"{ckpt_path} (step {pos['step']})"
+        trainer.last_checkpoint = f"{folder.checkpoint_path()} (step {pos['step']})"
         if ctx.is_main:
-            _truncate_log(log_path, pos["step"])
-        log.warning("resuming %s from step %d (day %d, batch %d)", run_dir, pos["step"],
+            run_key = folder.begin_resume(pos["step"], updates)
+        log.warning("resuming %s from step %d (day %d, batch %d)", folder.path, pos["step"],
                     start_day, start_batch)
-        if ctx.is_main:
-            run_key = read_json(run_dir / "config.json").get("run_key")
     elif ctx.is_main:
-        for f in existing:                     # --overwrite: the old results go before anything
-            (run_dir / f).unlink(missing_ok=True)
         import uuid
 
         run_key = uuid.uuid4().hex
@@ -369,56 +404,63 @@ def _run_training(cfg, spec, root, run_dir, trainer, meta, ckpt, train_days, tes
                                     "synthetic": synthetic_info(root), "id_counts": id_counts,
                                     "vocab_sizes": vocab.sizes() if vocab is not None else None,
                                     "loss_repr": repr(trainer.loss_fn), "world_size": ctx.world,
-                                    "run_key": run_key}
-        write_json(run_dir / "config.json", resolved)
-        write_json(run_dir / "env.json", environment(device) | {"world_size": ctx.world,
-                                                                "kernels": kernels.selected()})
+                                    "data_digest": data.digest, "run_key": run_key}
+        for k in ("resume", "overwrite"):    # how this command was called, not what the run is
+            resolved.pop(k, None)
+        folder.begin_training(resolved, environment(device) | {"world_size": ctx.world,
+                                                               "kernels": kernels.selected()})
     ckpt_times: list[float] = []
+    saved_at = [ckpt["position"]["step"] if ckpt is not None else None]
 
     def checkpoint(day_index: int, next_batch: int) -> None:
         pos = {"day_index": day_index, "batch_index": next_batch, "step": trainer.step,
                "requests": trainer.requests, "skipped": trainer.skipped}
         if ctx.is_main:                       # every rank holds the same state
-            ckpt_times.append(save_checkpoint(ckpt_path, trainer, meta, pos))
-        trainer.last_checkpoint = f"{ckpt_path} (step {trainer.step})"
+            ckpt_times.append(folder.save_checkpoint(trainer, meta, pos))
+        saved_at[0] = trainer.step
+        trainer.last_checkpoint = f"{folder.checkpoint_path()} (step {trainer.step})"
 
     trainer.on_checkpoint = checkpoint
     t_start = time.perf_counter()
     requests_before = trainer.requests
-    try:
-        log_file = open(log_path, "a" if cfg.resume else "w") if ctx.is_main else nullcontext()
-    except OSError as e:
-        raise UsageError(f"{log_path}: cannot write the loss log ({e.strerror or e})") from None
+    log_file = folder.open_loss_log(append=cfg.resume) if ctx.is_main else nullcontext()
+    finished = False
     with log_file:
         for di, date in enumerate(train_days):
             if di < start_day:
                 continue
             try:
-                done = trainer.train_day(date, di, log_file if ctx.is_main else None,
-                                         start_batch if di == start_day else 0)
+                stopped_at = trainer.train_day(date, di, log_file if ctx.is_main else None,
+                                               start_batch if di == start_day else 0)
                 if ctx.is_main:
                     log_file.flush()
             except OSError as e:
-                raise UsageError(f"{e.filename or log_path}: cannot write ({e.strerror or e}); the "
-                                 f"last good checkpoint is {trainer.last_checkpoint}") from None
-            if not done:
+                raise UsageError(f"{e.filename or folder.loss_log_path()}: cannot write "
+                                 f"({e.strerror or e}); the last good checkpoint is "
+                                 f"{trainer.last_checkpoint}") from None
+            finished = stopped_at is None and di == len(train_days) - 1
+            if stopped_at is None:
+                checkpoint(di + 1, 0)                                # day boundary
+            elif saved_at[0] != trainer.step:
+                checkpoint(di, stopped_at)                           # where --max_steps stopped
+            if trainer.reached_max_steps():
                 break
-            checkpoint(di + 1, 0)                                    # day boundary
     seconds = time.perf_counter() - t_start
     ctx.barrier()
     if not ctx.is_main:
-        return run_dir
-    save_towers(run_dir, trainer.models, trainer.loss_fn, spec, id_counts, cfg, vocab, run_key)
+        return folder.path
+    folder.save_towers(trainer.models, trainer.loss_fn, spec, id_counts, cfg, vocab, run_key)
     done_requests = trainer.requests - requests_before
-    write_json(run_dir / "train_summary.json", {
+    folder.write_summary({
         "world_size": ctx.world, "run_key": run_key,
         "steps": trainer.step, "requests": trainer.requests, "seconds": round(seconds, 3),
         "requests_per_s": round(done_requests / seconds, 1) if seconds > 0 else None,
         "skipped_nonfinite": trainer.skipped, "checkpoints": len(ckpt_times),
         "checkpoint_seconds": round(sum(ckpt_times), 3), "resumed": cfg.resume,
+        "finished": finished,
         "kernels": kernels.selected(),
         "train_days": train_days})
-    return run_dir
+    return folder.path
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from deep_components import cli
-from deep_components.checkpoint import CHECKPOINT_FILE, load_checkpoint
 from deep_components.config import RunConfig
+from deep_components.run_folder import RunFolder
 from deep_components.run_eval import evaluate_run
 from deep_components.runtime import TrainingError, UsageError
 from deep_components.train import train
@@ -60,7 +60,7 @@ def test_sigkill_mid_day_then_resume_is_exact(tiny_root, tmp_path):
                        capture_output=True, text=True, env={**os.environ, "KILL_AT_STEP": "23"})
     assert r.returncode == -9                                        # SIGKILL
     assert not (killed / "towers.pt").exists()
-    pos = load_checkpoint(killed / CHECKPOINT_FILE, torch.device("cpu"))["position"]
+    pos = RunFolder(killed).load_checkpoint()["position"]
     assert pos == {"day_index": 1, "batch_index": 2, "step": 20, "requests": 320, "skipped": 0}
     r = subprocess.run([sys.executable, "deep_components/run_train2.py",
                         *_args(tiny_root, killed, "--resume")], cwd=REPO, capture_output=True,
@@ -91,7 +91,7 @@ def test_crash_during_checkpoint_write_keeps_last_good(tiny_root, tmp_path, monk
 
     cfg = _cfg(tiny_root, tmp_path, max_steps=4)
     train(cfg)
-    path = tmp_path / "run" / CHECKPOINT_FILE
+    path = RunFolder(tmp_path / "run").checkpoint_path()
     before = path.read_bytes()
     real_save = torch.save
 
@@ -106,7 +106,7 @@ def test_crash_during_checkpoint_write_keeps_last_good(tiny_root, tmp_path, monk
         train(_cfg(tiny_root, tmp_path, resume=True, max_steps=8))
     assert path.read_bytes() == before                          # the last good one is intact
     assert not list(path.parent.glob(".tmp-*"))                 # and no temporary file is left
-    assert load_checkpoint(path, torch.device("cpu"))["position"]["step"] == 4
+    assert RunFolder(path.parent).load_checkpoint()["position"]["step"] == 4
 
 
 def test_resume_refuses_a_different_run(tiny_root, tmp_path):
@@ -128,7 +128,7 @@ class _Evil:
 
 def test_checkpoint_loading_runs_no_code(tiny_root, tmp_path):
     train(_cfg(tiny_root, tmp_path, max_steps=2))
-    path = tmp_path / "run" / CHECKPOINT_FILE
+    path = RunFolder(tmp_path / "run").checkpoint_path()
     with open(path, "wb") as f:
         pickle.dump({"format": 1, "evil": _Evil()}, f)
     with pytest.raises(UsageError, match=r"checkpoint.pt: cannot load the checkpoint: its "
@@ -171,7 +171,7 @@ def test_non_finite_stops_with_a_clear_message(tiny_root, tmp_path, monkeypatch,
     assert f"non-finite {kind} at step 5 (day 2024-01-13, batch 4)" in msg
     assert "e2e=" in msg and "single/retrieval=" in msg
     assert "last good checkpoint is" in msg and "(step 4)" in msg
-    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_FILE, torch.device("cpu"))["position"]["step"] == 4
+    assert RunFolder(tmp_path / "run").load_checkpoint()["position"]["step"] == 4
 
 
 def test_skip_nonfinite_counts_and_continues(tiny_root, tmp_path, monkeypatch):

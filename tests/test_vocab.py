@@ -17,7 +17,7 @@ from deep_components.embedding_init import fill_table, row_normals
 from deep_components.models import DSSM
 from deep_components.run_eval import evaluate_run
 from deep_components.runtime import UsageError
-from deep_components.checkpoint import load_towers
+from deep_components.run_folder import RunFolder
 from deep_components.models import build_models
 from deep_components.train import train
 
@@ -129,7 +129,7 @@ def test_compact_and_full_tables_train_to_identical_rows(tiny_root, tmp_path, se
     for vocab in ("compact", "full"):
         cfg = _cfg(tiny_root, tmp_path / vocab, setting, method, vocab=vocab)
         runs[vocab] = (train(cfg), evaluate_run(cfg))
-    (cm, cmeta, cv), (fm, fmeta, fv) = (load_towers(runs[k][0], torch.device("cpu"))
+    (cm, cmeta, cv), (fm, fmeta, fv) = (RunFolder(runs[k][0]).load_towers(torch.device("cpu"))
                                         for k in ("compact", "full"))
     assert cmeta["vocab"] == "compact" and fmeta["vocab"] == "full" and fv is None
     counts = read_id_counts(tiny_root)
@@ -170,7 +170,7 @@ def test_lazy_adam_equals_adam_on_the_first_step_then_leaves_untouched_rows(tiny
         for steps in (1, 3):
             cfg = _cfg(tiny_root, tmp_path / f"{opt}{steps}", "two_stage", "lcron",
                        emb_optimizer=opt, max_steps=steps, ckpt_every=0)
-            runs[opt, steps] = load_towers(train(cfg), torch.device("cpu"))[0]
+            runs[opt, steps] = RunFolder(train(cfg)).load_towers(torch.device("cpu"))[0]
     for a, b in zip(runs["adam", 1], runs["lazy_adam", 1]):
         for k, v in a.state_dict().items():     # step 1: untouched rows have m = v = 0 in both
             assert torch.allclose(v, b.state_dict()[k], rtol=0, atol=1e-6), k

@@ -15,7 +15,7 @@ from ..cascade import SPECS, get_spec
 from . import layout
 from .cache import load_day
 from .errors import DataError
-from .timefeat import DEFAULT_TZ
+from .timefeat import DEFAULT_TZ, check_tz
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     spec = get_spec(a.setting)
     try:
+        check_tz(a.tz)
         days = a.days or layout.list_days(a.root)
         if not days:
             raise DataError(f"{a.root}/{layout.ALL_STAGE}: no days found")
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         train, test = layout.default_split(days) if len(days) >= 2 else (days, None)
         print(f"{len(days)} days, {total:,} requests ({spec.name}, N = {spec.num_slots}); "
               f"default split: train {train[0]} ... {train[-1]}, test {test}")
-    except DataError as e:
+    except (DataError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

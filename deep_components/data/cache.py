@@ -6,6 +6,10 @@ A raw day is converted once.  The cache folder's name is a hash of the source fi
 version), so a changed source or setting builds a new entry and the stale one is removed.
 Entries are written to a temporary folder and renamed into place: an interrupted build never
 leaves a half-written entry that a later run would trust.
+
+Every entry also records ``source_digest``, a SHA-256 of the day's source files' bytes (see
+:func:`source_digest`), in ``DayData.stats``: two folders hold the same day exactly when the
+digests agree, whatever their paths or modification times.
 """
 from __future__ import annotations
 
@@ -46,6 +50,34 @@ def source_files(root: Path, date: str) -> list[Path]:
             root / layout.ID_COUNT_FILE]
 
 
+def _file_digest(h, path: Path, label: str) -> None:
+    h.update(label.encode() + b"\0")
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    h.update(b"\0")
+
+
+def source_digest(root: Path, date: str) -> str:
+    """Hex SHA-256 (20 digits) of the bytes of ``date``'s three source files (all_stage table,
+    request_id_dict and history pickles): the day's content, independent of where it lies."""
+    h = hashlib.sha256()
+    for p in source_files(root, date)[:3]:
+        _file_digest(h, p, p.relative_to(root).as_posix())
+    return h.hexdigest()[:20]
+
+
+def id_count_digest(root: str | os.PathLike) -> str:
+    """Hex SHA-256 (20 digits) of ``others/id_cnt.pkl``'s bytes."""
+    h = hashlib.sha256()
+    path = Path(root) / layout.ID_COUNT_FILE
+    try:
+        _file_digest(h, path, layout.ID_COUNT_FILE)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from None
+    return h.hexdigest()[:20]
+
+
 def cache_key(root: Path, date: str, spec: CascadeSpec, *, tz: str, history_len: int,
               missing_index: int) -> str:
     """Hex digest of the sources' identity and every array-shaping setting."""
@@ -80,6 +112,9 @@ def load_day(root: str | os.PathLike, date: str, spec: CascadeSpec, tz: str = DE
     entry = day_dir / key
     day = _read_entry(entry, date, spec)
     if day is not None:
+        if "source_digest" not in day.stats:          # an entry written before digests existed
+            day.stats["source_digest"] = source_digest(root, date)
+            _add_digest(entry, day.stats["source_digest"])
         return day
     if entry.exists():  # unreadable (interrupted copy, disk fault): drop it and rebuild
         shutil.rmtree(entry, ignore_errors=True)
@@ -87,6 +122,7 @@ def load_day(root: str | os.PathLike, date: str, spec: CascadeSpec, tz: str = DE
     day = build_day_arrays(root, date, spec, tz=tz, history_len=history_len,
                            missing_index=missing_index)
     day.stats["build_seconds"] = round(time.perf_counter() - t0, 3)
+    day.stats["source_digest"] = source_digest(root, date)
     _write_entry(day_dir, key, day)
     log.info("cached %s %s (%d requests) in %.1fs -> %s", spec.name, date, day.num_requests,
              day.stats["build_seconds"], entry)
@@ -105,6 +141,19 @@ def _read_entry(entry: Path, date: str, spec: CascadeSpec) -> DayData | None:
         log.warning("ignoring unreadable cache entry %s (%s); rebuilding", entry, e)
         return None
     return DayData(date=date, spec_name=spec.name, stats=meta.get("stats", {}), **arrays)
+
+
+def _add_digest(entry: Path, digest: str) -> None:
+    """Record ``digest`` in an existing entry's meta.json (atomically; best effort: a read-only
+    cache only means the digest is computed again next time)."""
+    try:
+        with open(entry / META) as f:
+            meta = json.load(f)
+        meta.setdefault("stats", {})["source_digest"] = digest
+        with staged(entry / META) as tmp:
+            tmp.write_text(json.dumps(meta, indent=1))
+    except (OSError, ValueError):
+        pass
 
 
 def publish_entry(folder: Path, key: str, arrays: dict[str, np.ndarray], meta: dict,

@@ -14,6 +14,17 @@ DEFAULT_TZ = "Asia/Shanghai"
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
 
 
+def check_tz(tz: str) -> None:
+    """A known IANA time zone, or a ValueError naming --tz."""
+    import zoneinfo
+
+    try:
+        zoneinfo.ZoneInfo(tz)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, TypeError):
+        raise ValueError(f"--tz {tz!r}: unknown time zone (an IANA name such as Asia/Shanghai "
+                         "or UTC)") from None
+
+
 def utc_offset_seconds(ts_seconds: np.ndarray, tz: str) -> np.ndarray:
     """UTC offset (seconds) of zone ``tz`` at each Unix time in seconds; shape as input."""
     ts = np.asarray(ts_seconds, dtype=np.int64)

@@ -6,9 +6,12 @@ additions in the same order as torch's, without its sort) and Kendall's τ-b per
 same integer counts as deep_components.metrics, without [R, N, N] temporaries).  It is compiled once per machine with
 the system C++ compiler (``$CXX``, else ``c++``/``g++``) at ``-O3 -march=native`` into a cache
 folder (``$LCRON_KERNEL_DIR``, else ``~/.cache/lcron/kernels``), keyed by the source, the
-compiler, the flags and the CPU, and then loaded in well under a second.  No compiler, a failed
+compiler, the flags and the CPU, with a SHA-256 of the library beside it (``.sha256``); a cached
+library whose bytes no longer match (truncated, corrupt) is rebuilt, never loaded.  Then it
+loads in well under a second.  No compiler, a failed
 build or a folder that cannot be written: the towers use their pure-PyTorch path, which computes
-the same values (tests/test_kernels.py), and the run's log says which path ran.
+values equal to rounding (bit-identical embedding gradients and Kendall τ; DIN's attention to
+float rounding, tests/test_kernels.py), and the run's log says which path ran.
 
 Selection (``--kernels`` or :func:`set_mode`): ``auto`` (native on the CPU when it builds,
 PyTorch otherwise), ``native`` (native or an error), ``torch`` (always PyTorch).  CUDA tensors
@@ -90,8 +93,25 @@ def _cpu_signature() -> str:
     return "\n".join(sig)
 
 
+def _digest_file(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _intact(lib: Path) -> bool:
+    """The cached library exists and its bytes are those its build recorded."""
+    try:
+        return lib.is_file() and _digest_file(lib).read_text().strip() == _sha256(lib)
+    except OSError:
+        return False
+
+
 def _build(cxx: str) -> tuple[Path, str]:
-    """Compile (or find compiled) the kernel; returns (library path, compiler version line)."""
+    """Compile (or find compiled and intact) the kernel; returns (library path, compiler
+    version line)."""
     version = subprocess.run([cxx, "--version"], capture_output=True, text=True,
                              timeout=60).stdout.splitlines()
     version_line = version[0] if version else cxx
@@ -103,8 +123,11 @@ def _build(cxx: str) -> tuple[Path, str]:
                                          _cpu_signature().encode(), str(ABI).encode()])).hexdigest()[:16]
         out_dir = cache_dir()
         lib = out_dir / f"lcron-native-{key}.so"
-        if lib.is_file():
+        if _intact(lib):
             return lib, version_line
+        if lib.exists():
+            log.warning("cached kernel library %s does not match its recorded digest (truncated "
+                        "or corrupt): rebuilding it", lib)
         out_dir.mkdir(parents=True, exist_ok=True)
         try:                     # atomic: concurrent builders (torchrun ranks) agree on the file
             with staged(lib) as tmp:
@@ -112,6 +135,9 @@ def _build(cxx: str) -> tuple[Path, str]:
                                    text=True, timeout=300)
                 if r.returncode != 0:
                     raise _CompileFailed((r.stderr or r.stdout).strip().splitlines()[-1:] or ["failed"])
+                digest = _sha256(tmp)
+            with staged(_digest_file(lib)) as tmp:
+                tmp.write_text(digest)
             return lib, version_line
         except _CompileFailed as e:
             errors.append(e.args[0])
