@@ -91,6 +91,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    from deep_components.run_folder import RunFolder
+
     repo = Path(a.repo).resolve()
     env = {**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": str(a.threads)}
     rows = []
@@ -126,10 +129,10 @@ def main(argv=None) -> int:
             row["train_peak_gb"] = r["peak_gb"]
             row["train_wall_s"] = r["seconds"]
             if r["rc"] == 0:
-                s = json.loads((run_dir / "train_summary.json").read_text())
+                s = RunFolder(run_dir).summary()
                 row["train_req_s"] = s["requests_per_s"]
                 row["train_steps"] = s["steps"]
-                cfgj = json.loads((run_dir / "config.json").read_text())
+                cfgj = RunFolder(run_dir).config()
                 row["vocab_video_rows"] = (cfgj.get("vocab_sizes") or {}).get("video_id")
             else:
                 row["train_note"] = ("killed at the RSS limit" if r["killed"] else r["stderr"][-300:])
@@ -138,9 +141,9 @@ def main(argv=None) -> int:
                            "--data_dir", data_dir, "--device", "cpu", "--cache_dir", cache],
                           a.rss_limit_gb, repo, cenv)
                 row["test_s"], row["test_peak_gb"] = t["seconds"], t["peak_gb"]
-                row["metrics_json"] = (run_dir / "metrics.json").is_file()
-                if row["metrics_json"]:
-                    m = json.loads((run_dir / "metrics.json").read_text())
+                m = RunFolder(run_dir).read_result("metrics")
+                row["metrics_json"] = m is not None
+                if m is not None:
                     row["joint"] = round(m["joint_recall"], 4)
                     row["unknown_video_ids"] = (m.get("unknown_ids") or {}).get("video_id")
             rows.append(row)

@@ -16,7 +16,7 @@ import pandas as pd
 from .cascade import SPECS, get_spec
 from .loss import display_name, method_order
 from .parsing import OneLineParser
-from .run_folder import RunFolder
+from .run_folder import METRICS, RunFolder
 from .runtime import UsageError, report_error
 
 
@@ -154,7 +154,7 @@ def collect(runs_root: str | Path, setting: str, methods: list[str] | None = Non
     return (table, markdown)."""
     metrics = load_metrics(Path(runs_root), setting, methods)
     if not metrics:
-        raise FileNotFoundError(f"no metrics.json under {Path(runs_root) / setting}")
+        raise FileNotFoundError(f"no {METRICS} under {Path(runs_root) / setting}")
     check_one_dataset(metrics, f"{runs_root}/{setting}")
     df = build_table(metrics, setting)
     md = to_markdown(df, setting, table_title(metrics, setting))
@@ -200,7 +200,7 @@ def compare(runs_roots: list[str | Path], setting: str, methods: list[str] | Non
     for root, label in zip(runs_roots, column_labels(runs_roots)):
         metrics = load_metrics(Path(root), setting, methods)
         if not metrics:
-            raise FileNotFoundError(f"no metrics.json under {Path(root) / setting}"
+            raise FileNotFoundError(f"no {METRICS} under {Path(root) / setting}"
                                     + (f" for {', '.join(methods)}" if methods else ""))
         check_one_dataset(metrics, f"{root}/{setting}")
         cols[label] = mean_joint(metrics)

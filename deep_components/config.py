@@ -76,8 +76,8 @@ class RunConfig:
     device: str = _flag("auto", "auto (cuda if available), cpu, cuda, cuda:N")
     data_dir: str | None = _flag(str(REPO_ROOT / "data"), "RecFlow-layout folder (default $DATA_DIR "
                                  "or ./data)", "--data_dir", "--root_path", cli_default=None,
-                                 eval_help="RecFlow-layout folder (default: the run's own, from "
-                                           "its config.json)")
+                                 eval_help="RecFlow-layout folder (default: the run's own, as "
+                                           "recorded when it was trained)")
     cache_dir: str | None = _flag(None, "day cache (default <data_dir>/.lcron_cache)")
     train_days: list[str] | None = _flag(None, "dates (default: the split)", nargs="+")
     test_day: str | None = _flag(None, "date (default: the split: the paper's test day, else the "

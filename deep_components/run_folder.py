@@ -116,6 +116,12 @@ class RunLock:
         self.release()
 
 
+def results_lock(folder: Path, stem: str) -> RunLock:
+    """The exclusive lock of one experiment's results ``<folder>/<stem>.*`` (e.g. streaming's),
+    acquired: two experiments writing the same results are refused."""
+    return RunLock(folder, name=f".{stem}{LOCK}").acquire()
+
+
 def check_day(saved: dict, day: str | None, allow_train_day: bool, flag: str) -> None:
     """Evaluating (or serving) on one of the run's training days needs ``--allow_train_day``."""
     if day and day in saved["train_days"] and not allow_train_day:

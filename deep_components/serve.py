@@ -334,7 +334,7 @@ def serve_run(folder: RunFolder, a, device: torch.device, seen_keys: dict) -> di
     return r
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser():
     from .parsing import OneLineParser
 
     ap = OneLineParser(prog="python -m deep_components.serve",
@@ -356,7 +356,11 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto (cuda if available), cpu, cuda, cuda:N: where the towers run")
     ap.add_argument("--batch_size", type=int, default=256, help="requests per batch")
     ap.add_argument("--max_requests", type=int, default=None, help="serve only the first N")
-    a = ap.parse_args(argv)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
     try:
         device = check_flags(a)
         folders = list(iter_unique([RunFolder(p) for p in a.run_dir]))

@@ -20,6 +20,7 @@ import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -35,12 +36,25 @@ from .runtime import UsageError, ensure_writable, report_error, resolve_device, 
 from .train import Trainer, prepare_data
 
 
-def stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
-           last: str | None = None) -> pd.DataFrame:
-    """Rows: method, run, test_day, train_days, steps, joint, <stage> recall ... (one per test
-    day, method and run).  Every flag and method is checked before the first step; ``--max_steps``
-    caps each training pass (later test days then evaluate the model where it stopped: see the
-    ``steps`` column)."""
+@dataclass
+class StreamPlan:
+    """A checked streaming experiment (:func:`plan_stream`), ready to run."""
+
+    spec: object
+    root: Path
+    days: list[str]
+    tests: list[str]
+    configs: list[RunConfig]
+    device: torch.device
+    id_counts: dict
+    vocab: object
+
+
+def plan_stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
+                last: str | None = None) -> StreamPlan:
+    """Check everything a streaming experiment needs before its first step: every flag for every
+    method and run id, the test days, the kernels, and that the days before the first test day
+    give at least one step (their days are converted on the way)."""
     from .config import validate
 
     spec = get_spec(cfg.setting)
@@ -65,21 +79,27 @@ def stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
     kernels.select(cfg.kernels, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    id_counts = read_id_counts(root)
     vocab = prepare_data(cfg, spec, root, [d for d in days if d <= tests[-1]]).vocab
-    before = [d for d in days if d < tests[0]]
     sizes = [load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir,
-                      history_len=cfg.seq_len).num_requests for d in before]
+                      history_len=cfg.seq_len).num_requests for d in days if d < tests[0]]
     if sum(n // cfg.batch_size for n in sizes) == 0:
         raise UsageError(f"--batch_size {cfg.batch_size} is larger than every day before the first "
                          f"test day {tests[0]} ({min(sizes):,}..{max(sizes):,} requests a day): its "
                          "model would be untrained; lower --batch_size or pick a later first day")
+    return StreamPlan(spec, root, days, tests, configs, device, read_id_counts(root), vocab)
+
+
+def run_stream(plan: StreamPlan) -> pd.DataFrame:
+    """Rows: method, run, test_day, train_days, steps, joint, <stage> recall ... (one per test
+    day, method and run).  ``--max_steps`` caps each training pass (later test days then
+    evaluate the model where it stopped: see the ``steps`` column)."""
     rows = []
-    for mcfg in configs:
-        trainer = Trainer(mcfg, spec, root, id_counts, device, mcfg.resolved_seed(), vocab)
+    for mcfg in plan.configs:
+        trainer = Trainer(mcfg, plan.spec, plan.root, plan.id_counts, plan.device,
+                          mcfg.resolved_seed(), plan.vocab)
         t0 = time.perf_counter()
-        for di, date in enumerate(days):
-            if date in tests:
+        for di, date in enumerate(plan.days):
+            if date in plan.tests:
                 m = trainer.evaluate(date)
                 row = {"method": mcfg.method, "run": mcfg.run_id, "test_day": date,
                        "train_days": di, "steps": trainer.step, "joint": m["joint_recall"]}
@@ -87,13 +107,19 @@ def stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
                 rows.append(row)
                 logging.getLogger("deep_components.streaming").info(
                     "%s run %d %s joint %.4f", mcfg.method, mcfg.run_id, date, m["joint_recall"])
-            if date >= tests[-1]:
+            if date >= plan.tests[-1]:
                 break
             if not trainer.reached_max_steps():
                 trainer.train_day(date, di)
-        print(f"{mcfg.method} run {mcfg.run_id}: {len(tests)} test days in "
+        print(f"{mcfg.method} run {mcfg.run_id}: {len(plan.tests)} test days in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return pd.DataFrame(rows)
+
+
+def stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
+           last: str | None = None) -> pd.DataFrame:
+    """:func:`plan_stream` then :func:`run_stream`."""
+    return run_stream(plan_stream(cfg, methods, run_ids, first, last))
 
 
 def summarise(df: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import add_run_flags, config_from_args
     from .data.cache import id_count_digest
-    from .run_folder import RunLock
+    from .run_folder import results_lock
 
     ap = OneLineParser(prog="python -m deep_components.streaming", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -139,10 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(a)
         out = Path(a.out_dir or Path(cfg.runs_root) / "streaming")
+        plan = plan_stream(cfg, a.methods, a.run_ids, a.first_test_day, a.last_test_day)
         ensure_writable(out, "the streaming results")
         stem = f"{cfg.setting}_streaming"
-        with RunLock(out, name=f".{stem}.lock"):
-            df = stream(cfg, a.methods, a.run_ids, a.first_test_day, a.last_test_day)
+        with results_lock(out, stem):
+            df = run_stream(plan)
             key = uuid.uuid4().hex
             df.insert(0, "run_key", key)
             synthetic = synthetic_info(cfg.data_dir) is not None
