@@ -38,7 +38,7 @@ def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> d
         test_day = cfg.test_day or saved["test_day"]
         t0 = time.perf_counter()
         day = run.load_day(test_day, cfg.cache_dir)
-        own = run.own_data({test_day: day.stats["source_digest"]})
+        own = run.own_data({test_day: day.stats["content_digest"]})
         if run.vocab is not None:      # ids onto compact rows; ids never seen go to the unknown row
             day = run.vocab.apply(day)
         result = evaluate(run.models, day, run.spec, device, cfg.eval_batch_size)

@@ -398,7 +398,7 @@ class TrainedRun:
                         cache_dir=cache_dir, history_len=self.config.get("seq_len", 50))
 
     def own_data(self, days: dict[str, str], cache_dir: str | None = None) -> bool:
-        """Whether ``days`` ({date: source digest}) and the id counts are those the run was
+        """Whether ``days`` ({date: content digest}) and the id counts are those the run was
         trained on (by content; a run written before digests existed: by folder path)."""
         from .data.cache import id_count_digest
 

@@ -315,7 +315,7 @@ def serve_run(folder: RunFolder, a, device: torch.device, seen_keys: dict) -> di
         run = folder.open_trained(device, a.data_dir)
         if a.keep is not None:
             check_keep(a.keep, run.spec, 10**18)
-        digests = {d: run.load_day(d, a.cache_dir).stats["source_digest"]
+        digests = {d: run.load_day(d, a.cache_dir).stats["content_digest"]
                    for d in dict.fromkeys(run.run_days + [day_name])}
         cascade = Cascade.from_trained(run, a.index, a.cache_dir)
         build = time.perf_counter() - t0

@@ -214,7 +214,7 @@ class Trainer:
 @dataclass
 class PreparedData:
     """The run's days converted: their compact vocabulary (None: full tables) and the data's
-    digests ({"id_cnt": d, "days": {date: d}}, by content: data.cache.source_digest)."""
+    digests ({"id_cnt": d, "days": {date: d}}, by content: data.cache.content_digest)."""
 
     vocab: Vocabulary | None
     digest: dict[str, Any]
@@ -231,7 +231,7 @@ def prepare_data(cfg: RunConfig, spec: CascadeSpec, root: Path, days: list[str],
         digest = {"id_cnt": id_count_digest(root), "days": {}}
         for d in days:        # every day, even when the vocabulary itself is already cached
             day = load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir, history_len=cfg.seq_len)
-            digest["days"][d] = day.stats["source_digest"]
+            digest["days"][d] = day.stats["content_digest"]
         v = vocab
         if cfg.vocab == "compact" and vocab is None:
             v = load_vocabulary(root, days, spec, cfg.tz, cache_dir=cfg.cache_dir,

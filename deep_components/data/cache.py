@@ -7,9 +7,11 @@ version), so a changed source or setting builds a new entry and the stale one is
 Entries are written to a temporary folder and renamed into place: an interrupted build never
 leaves a half-written entry that a later run would trust.
 
-Every entry also records ``source_digest``, a SHA-256 of the day's source files' bytes (see
-:func:`source_digest`), in ``DayData.stats``: two folders hold the same day exactly when the
-digests agree, whatever their paths or modification times.
+Every entry also records ``content_digest``, a SHA-256 of the day's arrays (see
+:func:`content_digest`), in ``DayData.stats``: two folders hold the same day (as a run of this
+setting, time zone and history length sees it) exactly when the digests agree, whatever their
+paths or modification times.  Hashing the arrays (0.6 GB for a real RecFlow day) costs a tenth
+of hashing the raw files (6 GB).
 """
 from __future__ import annotations
 
@@ -58,12 +60,15 @@ def _file_digest(h, path: Path, label: str) -> None:
     h.update(b"\0")
 
 
-def source_digest(root: Path, date: str) -> str:
-    """Hex SHA-256 (20 digits) of the bytes of ``date``'s three source files (all_stage table,
-    request_id_dict and history pickles): the day's content, independent of where it lies."""
+def content_digest(day: DayData) -> str:
+    """Hex SHA-256 (20 digits) of a day's arrays (names, dtypes, shapes and bytes)."""
     h = hashlib.sha256()
-    for p in source_files(root, date)[:3]:
-        _file_digest(h, p, p.relative_to(root).as_posix())
+    for k in DayData.ARRAYS:
+        a = np.ascontiguousarray(getattr(day, k))
+        h.update(f"{k}:{a.dtype.str}:{a.shape}".encode())
+        flat = a.reshape(-1).view(np.uint8)
+        for i in range(0, flat.size, 1 << 26):            # mmapped arrays are read in pieces
+            h.update(flat[i:i + (1 << 26)])
     return h.hexdigest()[:20]
 
 
@@ -112,9 +117,9 @@ def load_day(root: str | os.PathLike, date: str, spec: CascadeSpec, tz: str = DE
     entry = day_dir / key
     day = _read_entry(entry, date, spec)
     if day is not None:
-        if "source_digest" not in day.stats:          # an entry written before digests existed
-            day.stats["source_digest"] = source_digest(root, date)
-            _add_digest(entry, day.stats["source_digest"])
+        if "content_digest" not in day.stats:         # an entry written before digests existed
+            day.stats["content_digest"] = content_digest(day)
+            _add_digest(entry, day.stats["content_digest"])
         return day
     if entry.exists():  # unreadable (interrupted copy, disk fault): drop it and rebuild
         shutil.rmtree(entry, ignore_errors=True)
@@ -122,7 +127,7 @@ def load_day(root: str | os.PathLike, date: str, spec: CascadeSpec, tz: str = DE
     day = build_day_arrays(root, date, spec, tz=tz, history_len=history_len,
                            missing_index=missing_index)
     day.stats["build_seconds"] = round(time.perf_counter() - t0, 3)
-    day.stats["source_digest"] = source_digest(root, date)
+    day.stats["content_digest"] = content_digest(day)
     _write_entry(day_dir, key, day)
     log.info("cached %s %s (%d requests) in %.1fs -> %s", spec.name, date, day.num_requests,
              day.stats["build_seconds"], entry)
@@ -149,7 +154,7 @@ def _add_digest(entry: Path, digest: str) -> None:
     try:
         with open(entry / META) as f:
             meta = json.load(f)
-        meta.setdefault("stats", {})["source_digest"] = digest
+        meta.setdefault("stats", {})["content_digest"] = digest
         with staged(entry / META) as tmp:
             tmp.write_text(json.dumps(meta, indent=1))
     except (OSError, ValueError):
