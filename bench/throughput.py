@@ -106,7 +106,7 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
     opts = build_optimizers(models, loss_fn, 0.01)
     idx_list = batch_indices(day.num_requests, batch, seed=0)
     arrays = day.arrays()
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
 
     def step(i: int, parts: list | None):
         t = [time.perf_counter()]
@@ -130,7 +130,7 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
     for i in range(warmup):
         step(i, None)
     if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+        torch.cuda.reset_peak_memory_stats(device)
     parts: list = []
     hist_rows = []
     for i in range(steps):

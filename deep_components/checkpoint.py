@@ -32,7 +32,9 @@ FORMAT = 1
 #: configuration that must be identical between a checkpoint and the run resuming it
 MATCH_KEYS = ("setting", "method", "towers", "emb_dim", "id_counts", "loss_options",
               "mask_mode", "batch_size", "lr", "seq_len", "train_days", "seed", "tz", "vocab",
-              "vocab_digest", "emb_optimizer")
+              "vocab_digest", "emb_optimizer", "precision")
+#: the value of a MATCH_KEYS entry in a checkpoint written before the key existed
+MATCH_DEFAULTS = {"precision": "fp32"}
 
 
 def rng_state() -> dict[str, Any]:
@@ -67,6 +69,8 @@ def save_checkpoint(path: Path, trainer, meta: dict, position: dict) -> float:
            "models": [m.state_dict() for m in trainer.models],
            "loss": trainer.loss_fn.state_dict(),
            "optimizers": [o.state_dict() for o in trainer.optimizers]}
+    if trainer.scaler is not None:     # fp16: the loss scale and its growth tracker
+        obj["scaler"] = trainer.scaler.state_dict()
     if trainer.vocab is not None:      # the rows' meaning travels with the rows
         obj["vocab"] = trainer.vocab.state()
     atomic_write(path, lambda f: torch.save(obj, f), "the checkpoint")
@@ -89,6 +93,7 @@ def load_checkpoint(path: Path) -> dict:
 def differences(saved: dict, current: dict) -> list[str]:
     """``key: checkpoint X, this run Y`` for every MATCH_KEYS entry that differs."""
     saved = {**saved, "method": saved_method(saved)}      # also a checkpoint of before the rename
+    saved = {**MATCH_DEFAULTS, **saved}
     return [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
             for k in MATCH_KEYS if saved.get(k) != current.get(k)]
 
@@ -100,6 +105,8 @@ def restore(trainer, ckpt: dict, path: Path) -> None:
         trainer.loss_fn.load_state_dict(ckpt["loss"])
         for o, sd in zip(trainer.optimizers, ckpt["optimizers"], strict=True):
             o.load_state_dict(sd)
+        if trainer.scaler is not None and "scaler" in ckpt:
+            trainer.scaler.load_state_dict(ckpt["scaler"])
     except (RuntimeError, ValueError, KeyError) as e:
         raise UsageError(f"{path}: checkpoint does not fit this run's models "
                          f"({str(e).splitlines()[0][:300]})") from None

@@ -37,7 +37,7 @@ def main(setting: str | None, action: str, argv: list[str] | None = None) -> int
 
     try:
         cfg = config_from_args(a, setting, for_test=action == "test")
-        _, cfg.device = init_distributed(cfg.device)
+        _, cfg.device = init_distributed(cfg.device, cfg.dist_timeout)
         if not context().is_main:
             logging.getLogger().setLevel(logging.ERROR)
         if action == "train":

@@ -29,6 +29,7 @@ GROUPS = {"cascade": "cascade", "paper": "the paper's flags (same names and mean
 #: flags that only shape a training: evaluation uses the run's own values, and one given to
 #: evaluation must equal the run's (field names)
 TRAINING_ONLY = ("tau", "batch_size", "emb_dim", "lr", "seq_len", "print_freq", "seed",
+                 "precision",
                  "train_days", "sort", "mask_mode", "loss_options", "tz", "max_steps", "vocab",
                  "emb_optimizer", "ckpt_every", "resume", "overwrite", "skip_nonfinite")
 #: flags of evaluation only
@@ -106,6 +107,12 @@ class RunConfig:
                          "embedding gradients and Kendall tau are bit-identical either way; DIN's "
                          "attention equals PyTorch's to float rounding, so trained towers differ "
                          "at rounding level", choices=list(KERNEL_MODES))
+    precision: str = _flag("fp32", "fp32 (exact, default), bf16 or fp16: the towers under autocast; "
+                           "losses, labels and metrics stay fp32; fp16 with a gradient scaler",
+                           choices=["fp32", "bf16", "fp16"])
+    dist_timeout: float = _flag(120.0, "minutes a torchrun process group waits in a collective "
+                                "(rank 0 converting real RecFlow days while the others wait)",
+                                type=float)
     ckpt_every: int = _flag(200, "save the full training state every N steps (and at every day's "
                             "end); 0 = days only", group="robust", type=int)
     resume: bool = _flag(False, "continue the run from its last checkpoint", group="robust",
@@ -246,7 +253,7 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(str(e)) from None
     need(math.isfinite(cfg.lr) and cfg.lr > 0, f"--lr must be a positive number, got {cfg.lr}")
     need(cfg.batch_size >= 1, f"--batch_size must be >= 1, got {cfg.batch_size}")
-    from .distributed import context
+    from .distributed import check_timeout, context
 
     world = context().world
     need(cfg.batch_size % world == 0,
@@ -263,6 +270,7 @@ def validate(cfg: RunConfig) -> None:
     need(cfg.ckpt_every >= 0, f"--ckpt_every must be >= 0, got {cfg.ckpt_every}")
     need(cfg.print_freq >= 0, f"--print_freq must be >= 0, got {cfg.print_freq}")
     need(cfg.threads is None or cfg.threads >= 1, f"--threads must be >= 1, got {cfg.threads}")
+    check_timeout(cfg.dist_timeout)
     for f in dataclasses.fields(RunConfig):     # every field with choices, as its flag declares
         choices, value = f.metadata.get("argparse", {}).get("choices"), getattr(cfg, f.name)
         need(not choices or value is None or value in choices,

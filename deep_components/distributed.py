@@ -42,22 +42,25 @@ class DistContext:
         per = len(idx) // self.world
         return idx[self.rank * per:(self.rank + 1) * per]
 
-    def all_true(self, flag: bool, device: torch.device) -> bool:
-        """True on every rank iff ``flag`` is True on every rank."""
-        if not self.enabled:
-            return flag
-        t = torch.tensor([1.0 if flag else 0.0], device=device)
-        dist.all_reduce(t, op=dist.ReduceOp.MIN)
-        return bool(t.item() > 0)
+    def read_flag_and_mean(self, flag: torch.Tensor, values: torch.Tensor | None = None
+                           ) -> tuple[bool, list[float]]:
+        """(a 0-d bool tensor AND-ed over ranks, float64 ``values`` averaged over ranks), read
+        to the host in one transfer."""
+        f = flag.to(torch.float64).reshape(1)
+        if self.enabled:
+            dist.all_reduce(f, op=dist.ReduceOp.MIN)
+        if values is None:
+            return bool(f.item() > 0), []
+        host = torch.cat([f, self.mean_tensor(values)]).tolist()
+        return host[0] > 0, host[1:]
 
-    def mean_floats(self, values: dict[str, float], device: torch.device) -> dict[str, float]:
-        """Average a dict of floats over ranks (same keys on every rank)."""
-        if not self.enabled or not values:
-            return values
-        keys = sorted(values)
-        t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    def mean_tensor(self, t: torch.Tensor) -> torch.Tensor:
+        """A float tensor averaged over ranks (same shape on every rank; one all-reduce)."""
+        if not self.enabled:
+            return t
+        t = t.clone()
         dist.all_reduce(t)
-        return {k: float(v) / self.world for k, v in zip(keys, t.tolist())}
+        return t / self.world
 
     def average_grads(self, params) -> None:
         """All-reduce (mean) the gradients of parameters that DDP does not manage."""
@@ -84,22 +87,50 @@ class DistContext:
 _CONTEXT: DistContext | None = None
 
 
-def init_distributed(device_name: str) -> tuple[DistContext, str]:
+def check_timeout(minutes: float) -> None:
+    """``--dist_timeout``: a positive, finite number of minutes (UsageError otherwise)."""
+    import math
+
+    from .runtime import UsageError
+
+    if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
+        raise UsageError(f"--dist_timeout must be a positive number of minutes, got {minutes}")
+
+
+def init_distributed(device_name: str, timeout_minutes: float = 120.0) -> tuple[DistContext, str]:
     """Join the torchrun process group if there is one; returns (context, device name).
 
-    Under torchrun with CUDA, each process uses ``cuda:LOCAL_RANK``."""
+    Under torchrun with CUDA, each process uses ``cuda:LOCAL_RANK``; a node with fewer GPUs
+    than processes is one UsageError before any work.  ``timeout_minutes`` is how long a
+    collective waits (``--dist_timeout``): ranks 1... wait in a barrier while rank 0 converts the
+    days, which takes minutes at RecFlow's real size (NCCL's own default is 10)."""
+    import datetime
+
+    from .runtime import UsageError
+
     global _CONTEXT
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         _CONTEXT = DistContext()
         return _CONTEXT, device_name
+    check_timeout(timeout_minutes)
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     use_cuda = device_name.startswith("cuda") or (device_name.startswith("auto") and torch.cuda.is_available())
     if use_cuda:
+        if not torch.cuda.is_available():
+            raise UsageError(f"--device {device_name}: CUDA is not available on this machine "
+                             "(use --device cpu under torchrun for the gloo backend)")
+        n = torch.cuda.device_count()
+        if local >= n:
+            per_node = os.environ.get("LOCAL_WORLD_SIZE", "?")
+            raise UsageError(f"torchrun started {per_node} processes on this node but it has {n} "
+                             f"GPU(s) (local rank {local} has none); use --nproc_per_node={n} or "
+                             "fewer")
         device_name = f"cuda:{local}"
         torch.cuda.set_device(local)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     _CONTEXT = DistContext(rank=rank, world=world, local_rank=local, backend=str(dist.get_backend()))
     return _CONTEXT, device_name
 

@@ -21,7 +21,7 @@ from torch import nn
 from . import metrics as M
 from .cascade import CascadeSpec
 from .data import DayData
-from .data.batches import batch_to_device
+from .data.batches import TOWER_INPUTS, batch_to_device
 from .models import forward_all
 
 EVAL_SEED = 1024
@@ -43,10 +43,9 @@ def score_day(models: Sequence[nn.Module], day: DayData, device: torch.device,
     R = day.num_requests
     starts = list(range(0, R, batch_size))[ctx.rank::ctx.world]
     mine = []
-    arrays = day.arrays()
+    arrays = {k: getattr(day, k) for k in TOWER_INPUTS}        # what the towers read
     for a in starts:
-        idx = np.arange(a, min(a + batch_size, R))
-        b = batch_to_device({k: v[idx] for k, v in arrays.items()}, device)
+        b = batch_to_device({k: np.array(v[a:a + batch_size]) for k, v in arrays.items()}, device)
         mine.append((a, [s.float().cpu().numpy() for s in forward_all(models, b)]))
     for m, was_training in zip(models, modes):
         m.train(was_training)                        # back to the mode they came in

@@ -229,14 +229,21 @@ class _PairAttention(torch.autograd.Function):
     q [B, N, D] candidate half, h [B, H, D] history half, w [D], lengths [B] valid rows per
     request (histories are left-padded, so the valid rows are the last ``lengths[b]``).  Entries
     of padded rows are 0 here; the caller overwrites them with the masked logit, so they carry
-    no gradient.  Requests are processed in chunks of similar length (sorted), each chunk scoring
-    only its longest valid suffix; the [B, N, H, D] hidden layer is never stored: backward
-    recomputes it chunk by chunk.  Exact: same values and gradients as the dense form.
+    no gradient.  The [B, N, H, D] hidden layer is never stored: backward recomputes it.  Exact:
+    same values and gradients as the dense form.  Always float32 (or float64): the caller casts
+    its inputs, and autocast is off inside.
 
-    On the CPU the native kernel (deep_components.kernels) computes the same in one pass per
-    request without any hidden-layer temporaries; this chunked form is its fallback and the path
-    on CUDA.
+    Three paths: on the CPU, the native kernel (deep_components.kernels) in one pass per request
+    without hidden-layer temporaries; its PyTorch fallback processes requests in chunks of
+    similar length (sorted on the host), each chunk scoring only its longest valid suffix; on
+    CUDA, contiguous slices of requests over all H rows (padded rows zeroed by a mask), so no
+    index ever goes through the host: the loop count is fixed by the shapes.
     """
+
+    #: CUDA: hidden activations per slice (elements), about 256 MB in float32
+    DEVICE_SLICE_ELEMENTS = 1 << 26
+    #: take the CUDA path on the CPU too (the tests check its values against the others there)
+    slices_on_cpu = False
 
     @staticmethod
     def _chunks(lengths: Tensor, chunk: int, H: int):
@@ -245,6 +252,12 @@ class _PairAttention(torch.autograd.Function):
         for a in range(0, order.numel(), chunk):
             L = int(lens[a:a + chunk].max())
             yield order[a:a + chunk].to(lengths.device), H - L
+
+    @staticmethod
+    def _slices(q: Tensor, h: Tensor):
+        B, N, D = q.shape
+        step = max(1, _PairAttention.DEVICE_SLICE_ELEMENTS // max(1, N * h.shape[1] * D))
+        return [slice(a, min(a + step, B)) for a in range(0, B, step)]
 
     @staticmethod
     def forward(ctx, q: Tensor, h: Tensor, w: Tensor, lengths: Tensor, chunk: int) -> Tensor:
@@ -256,11 +269,19 @@ class _PairAttention(torch.autograd.Function):
             return kernels.pair_attention_forward(lib, q, h, w, lengths)
         B, N, _ = q.shape
         H = h.shape[1]
-        out = q.new_zeros(B, N, H)
-        for idx, r0 in _PairAttention._chunks(lengths, chunk, H):
-            hidden = (q[idx].unsqueeze(2) + h[idx, r0:].unsqueeze(1)).relu_()      # [c, N, L, D]
-            out[idx, :, r0:] = hidden @ w
-        return out
+        with torch.autocast(q.device.type, enabled=False):
+            if q.device.type != "cpu" or _PairAttention.slices_on_cpu:
+                valid = (torch.arange(H, device=q.device) >= H - lengths[:, None])     # [B, H]
+                out = torch.empty(B, N, H, dtype=q.dtype, device=q.device)
+                for sl in _PairAttention._slices(q, h):
+                    hidden = (q[sl].unsqueeze(2) + h[sl].unsqueeze(1)).relu_()      # [b, N, H, D]
+                    out[sl] = (hidden @ w) * valid[sl].unsqueeze(1)
+                return out
+            out = q.new_zeros(B, N, H)
+            for idx, r0 in _PairAttention._chunks(lengths, chunk, H):
+                hidden = (q[idx].unsqueeze(2) + h[idx, r0:].unsqueeze(1)).relu_()  # [c, N, L, D]
+                out[idx, :, r0:] = hidden @ w
+            return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -269,15 +290,27 @@ class _PairAttention(torch.autograd.Function):
             gq, gh, gw = kernels.pair_attention_backward(kernels.native_library(), q, h, w,
                                                          lengths, grad)
             return gq, gh, gw, None, None
+        grad = grad.to(q.dtype)
         gq, gh, gw = torch.zeros_like(q), torch.zeros_like(h), torch.zeros_like(w)
         H = h.shape[1]
-        for idx, r0 in _PairAttention._chunks(lengths, ctx.chunk, H):
-            pre = q[idx].unsqueeze(2) + h[idx, r0:].unsqueeze(1)                     # [c, N, L, D]
-            g = grad[idx, :, r0:]                                                      # [c, N, L]
-            gw += pre.relu().flatten(0, 2).T @ g.reshape(-1)
-            gpre = (pre > 0) * (g.unsqueeze(-1) * w)
-            gq[idx] = gpre.sum(2)
-            gh[idx, r0:] = gpre.sum(1)
+        with torch.autocast(q.device.type, enabled=False):
+            if q.device.type != "cpu" or _PairAttention.slices_on_cpu:
+                valid = (torch.arange(H, device=q.device) >= H - lengths[:, None])     # [B, H]
+                for sl in _PairAttention._slices(q, h):
+                    pre = q[sl].unsqueeze(2) + h[sl].unsqueeze(1)                    # [b, N, H, D]
+                    g = grad[sl] * valid[sl].unsqueeze(1)                            # [b, N, H]
+                    gw += pre.relu().flatten(0, 2).T @ g.reshape(-1)
+                    gpre = (pre > 0) * (g.unsqueeze(-1) * w)
+                    gq[sl] = gpre.sum(2)
+                    gh[sl] = gpre.sum(1)
+                return gq, gh, gw, None, None
+            for idx, r0 in _PairAttention._chunks(lengths, ctx.chunk, H):
+                pre = q[idx].unsqueeze(2) + h[idx, r0:].unsqueeze(1)                 # [c, N, L, D]
+                g = grad[idx, :, r0:]                                                  # [c, N, L]
+                gw += pre.relu().flatten(0, 2).T @ g.reshape(-1)
+                gpre = (pre > 0) * (g.unsqueeze(-1) * w)
+                gq[idx] = gpre.sum(2)
+                gh[idx, r0:] = gpre.sum(1)
         return gq, gh, gw, None, None
 
 
@@ -314,7 +347,9 @@ class DIN(Tower):
             h_part = hist @ w[:, :d].T                                                   # [B, H, 80]
             q_part = F.linear(query, w[:, d:], self.att1.bias)                           # [B, N, 80]
             lengths = history_mask.sum(-1).clamp(min=1)
-            a = _PairAttention.apply(q_part, h_part, self.att2.weight.squeeze(0), lengths, self.chunk)
+            dt = torch.promote_types(self.att2.weight.dtype, torch.float32)   # fp32 under autocast
+            a = _PairAttention.apply(q_part.to(dt), h_part.to(dt), self.att2.weight.squeeze(0).to(dt),
+                                     lengths, self.chunk)
             return a + self.att2.bias
         else:
             B, H, N = hist.shape[0], hist.shape[1], query.shape[1]
@@ -328,8 +363,9 @@ class DIN(Tower):
         hist = self.emb.item(history)                                                    # [B, H, 40]
         query = self.emb.item(items)                                                     # [B, N, 40]
         a = self.attention_logits(hist, query, history_mask)
+        a = a.to(torch.promote_types(a.dtype, torch.float32))            # MASKED_LOGIT fits
         a = a.masked_fill(~history_mask.unsqueeze(1), MASKED_LOGIT)
-        interest = torch.softmax(a, dim=-1) @ hist                                       # [B, N, 40]
+        interest = torch.softmax(a, dim=-1).to(hist.dtype) @ hist                        # [B, N, 40]
         ctx = self.emb.context(context)                                                  # [B, 64]
         x = torch.cat([interest, query, self.emb.upload_time(items)], dim=-1)            # [B, N, 104]
         return shared_input_mlp(self.net, ctx, x, self.split_input).squeeze(-1)

@@ -72,9 +72,15 @@ def resolve_device(name: str) -> torch.device:
         raise UsageError(f"--device {name}: CUDA is not available on this machine "
                          "(use --device cpu or auto)")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError as e:
         raise UsageError(f"--device {name}: {e}") from None
+    if device.type == "cuda" and device.index is not None:
+        n = torch.cuda.device_count()
+        if device.index >= n:
+            raise UsageError(f"--device {name}: this machine has {n} CUDA device(s) "
+                             f"(cuda:0{f' ... cuda:{n - 1}' if n > 1 else ''})")
+    return device
 
 
 def seed_everything(seed: int) -> None:

@@ -11,7 +11,10 @@ the recommendation.  ``--index exact`` is faiss's flat inner-product index (the 
 scoring every video with the tower); ``ivf`` (inverted lists) and ``hnsw`` (a graph) are
 approximate, and their recall@K1 against the exact index is reported.  HNSW is built for metric
 distances and does poorly on inner products (recall@500 0.34–0.55 measured on medium and
-recflow-scale, against 0.93–0.97 for ivf).  On a CUDA device, with faiss-gpu installed, the index lives on the GPU.
+recflow-scale, against 0.93–0.97 for ivf).  On a CUDA device, with faiss-gpu installed, the
+exact index lives on the GPU (which searches at most 2048 neighbours: a larger first keep is
+refused up front); otherwise it runs on the CPU and a warning says why.  Where it ran is
+recorded (``index_device``).
 
 Full-catalogue evaluation of a day: per request with positives (the first group of the spec:
 ``rank_pos`` two-stage, ``rerank_pos`` three-stage), the share of its positive videos kept by
@@ -77,11 +80,34 @@ def build_index(vectors: np.ndarray, kind: str = "exact", device: torch.device |
     else:
         index = faiss.IndexHNSWFlat(d, HNSW_M, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efSearch = HNSW_EF_SEARCH
-    if (device is not None and device.type == "cuda" and kind == "exact"
-            and hasattr(faiss, "StandardGpuResources")):
+    if index_device(kind, device)[0] == "cuda":
         index = faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), device.index or 0, index)
     index.add(vectors)
     return index
+
+
+#: the largest k a faiss GPU index searches (its k-selection limit)
+GPU_MAX_K = 2048
+
+
+def index_device(kind: str, device: torch.device | None) -> tuple[str, str | None]:
+    """(where the faiss index of ``kind`` runs for towers on ``device``, why not on the GPU when
+    the towers are there): only the exact index moves to the GPU, and only with faiss-gpu."""
+    if device is None or device.type != "cuda":
+        return "cpu", None
+    if kind != "exact":
+        return "cpu", f"the {kind} index runs on the CPU (only the exact index moves to the GPU)"
+    if not hasattr(_faiss(), "StandardGpuResources"):
+        return "cpu", ("faiss-gpu is not installed (the pinned faiss-cpu is): the index runs on "
+                       "the CPU; see the README's serving section to install faiss-gpu")
+    return "cuda", None
+
+
+def check_index_k(kind: str, device: torch.device | None, k: int) -> None:
+    """A GPU index cannot search more than GPU_MAX_K neighbours: refuse such a --keep up front."""
+    if index_device(kind, device)[0] == "cuda" and k > GPU_MAX_K:
+        raise UsageError(f"--keep {k}: a faiss GPU index searches at most {GPU_MAX_K} neighbours; "
+                         f"keep at most {GPU_MAX_K} from the index, or serve with --device cpu")
 
 
 def recall_vs_exact(exact, queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -138,8 +164,8 @@ class Cascade:
         t0 = time.perf_counter()
         self.index_kind = index
         self.index = build_index(self.item_vectors, index, device)
-        #: where the faiss index lives ("cuda" only with faiss-gpu and an exact index)
-        self.index_device = "cuda" if type(self.index).__name__.startswith("Gpu") else "cpu"
+        #: where the faiss index runs ("cuda" only with faiss-gpu and an exact index)
+        self.index_device = index_device(index, device)[0]
         self.index_seconds = time.perf_counter() - t0
 
     @classmethod
@@ -313,13 +339,16 @@ def serve_run(folder: RunFolder, a, device: torch.device, seen_keys: dict) -> di
         check_day(saved, day_name, a.allow_train_day, "--day")
         t0 = time.perf_counter()
         run = folder.open_trained(device, a.data_dir)
-        if a.keep is not None:
-            check_keep(a.keep, run.spec, 10**18)
+        keep = a.keep or default_keep(run.spec.num_stages)
+        check_keep(keep, run.spec, 10**18)
+        check_index_k(a.index, device, keep[0])
+        _, why = index_device(a.index, device)
+        if why:
+            print(f"warning: {why}", file=sys.stderr)
         digests = {d: run.load_day(d, a.cache_dir).stats["content_digest"]
                    for d in dict.fromkeys(run.run_days + [day_name])}
         cascade = Cascade.from_trained(run, a.index, a.cache_dir)
         build = time.perf_counter() - t0
-        keep = a.keep or default_keep(run.spec.num_stages)
         check_keep(keep, run.spec, len(cascade.catalogue))
         day = run.load_day(day_name, a.cache_dir)
         r = evaluate_catalogue(cascade, day, keep, a.batch_size, a.max_requests,

@@ -29,7 +29,7 @@ from .cascade import CascadeSpec, get_spec
 from .config import RunConfig
 from .checkpoint import differences, restore
 from .data import batch_indices, default_split, list_days, load_day, read_id_counts, synthetic_info
-from .data.batches import batch_to_device
+from .data.batches import DayBatches
 from .data.cache import id_count_digest
 from .data.errors import DataError
 from .data.vocab import Vocabulary, load_vocabulary
@@ -38,6 +38,7 @@ from .evaluate import evaluate
 from .lazy_adam import LazyAdam
 from .loss import build_loss
 from .models import build_models, forward_all
+from .precision import autocast, grad_scaler
 from .run_folder import RunFolder
 from .runtime import (TrainingError, UsageError, ensure_writable, environment, resolve_device,
                       seed_everything)
@@ -107,8 +108,12 @@ class Trainer:
             self.forward_models = [DDP(m, device_ids=ids) for m in self.models]
         self.loss_fn = build_loss(cfg.method, spec, mask_mode=cfg.mask_mode,
                                   **cfg.loss_kwargs()).to(device)
+        self.loss_fn.tensor_components = True          # logged in batches, not read every step
+        self.precision = cfg.precision
+        self.scaler = grad_scaler(cfg.precision, device)
         self.optimizers = build_optimizers(self.models, self.loss_fn, cfg.lr, cfg.emb_optimizer)
         self.params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
+        self._pending: list[tuple[dict, dict[str, Any]]] = []    # steps not yet logged
         self.step = 0
         self.requests = 0
         self.skipped = 0
@@ -126,27 +131,73 @@ class Trainer:
             day = day.in_memory()
         return self.vocab.apply(day, in_place=in_memory) if self.vocab is not None else day
 
-    def _grads_finite(self) -> bool:
-        norms = [torch.linalg.vector_norm(p.grad._values() if p.grad.is_sparse else p.grad)
-                 for p in self.params if p.grad is not None]
-        return bool(torch.isfinite(torch.stack(norms).sum())) if norms else True
+    def _finite_flag(self, loss: torch.Tensor) -> torch.Tensor:
+        """0-d bool on the device: the loss and every gradient are finite (the gradients' norms
+        summed on the device; under fp16 the scaler skips steps whose gradients overflow)."""
+        flag = torch.isfinite(loss.detach())
+        if self.scaler is None:
+            grads = [p.grad._values() if p.grad.is_sparse else p.grad
+                     for p in self.params if p.grad is not None]
+            if grads:
+                flag = flag & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+        return flag
 
-    def train_step(self, b: dict[str, torch.Tensor]) -> tuple[dict[str, Any], bool]:
-        """Forward, backward, step.  Returns (loss dict, ok); not ok = non-finite loss or
-        gradient, in which case no parameter moved."""
-        out = self.loss_fn(forward_all(self.forward_models, b), b["labels"], b["item_mask"])
+    def train_step(self, b: dict[str, torch.Tensor], head: dict | None = None,
+                   read: bool = False) -> tuple[dict[str, Any], bool, list[dict]]:
+        """Forward (the towers under --precision's autocast, the loss in float32), backward,
+        step.  Returns (loss dict: detached tensors, ok, log records); not ok = non-finite loss
+        or gradient, in which case no parameter moved.
+
+        ``head`` ({"step", "day"}): the step's values are buffered for the loss log; ``read``:
+        every buffered step's values are read in the same transfer as the finite flag and
+        returned as records.  So a step waits for the device once.  Every rank runs the backward
+        (the gradient all-reduce never waits for a rank that skipped it)."""
+        with autocast(self.precision, self.device):
+            scores = forward_all(self.forward_models, b)
+        out = self.loss_fn([s.float() for s in scores], b["labels"], b["item_mask"])
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        # every rank must take the same branch, or the gradient all-reduce would hang
-        ok = self.dist.all_true(bool(torch.isfinite(out["loss"].detach())), self.device)
-        if ok:
-            out["loss"].backward()
-            self.dist.average_grads(self.loss_fn.parameters())
-            ok = self._grads_finite()                  # gradients are identical on every rank
+        loss = out["loss"]
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        self.dist.average_grads(self.loss_fn.parameters())
+        if self.scaler is not None:
+            for opt in self.optimizers:
+                self.scaler.unscale_(opt)
+        if head is not None:
+            self._pending.append((head, out))
+        flag = self._finite_flag(loss)
+        if read:
+            ok, values = self.dist.read_flag_and_mean(flag, self._stacked())
+            records = self._records(values)
+        else:
+            ok, records = self.dist.read_flag_and_mean(flag)[0], []
         if ok:
             for opt in self.optimizers:
-                opt.step()
-        return out, ok
+                self.scaler.step(opt) if self.scaler is not None else opt.step()
+        if self.scaler is not None:
+            self.scaler.update()
+        return out, ok, records
+
+    def _stacked(self) -> torch.Tensor:
+        """The buffered steps' values (loss, then components), float64, in one tensor."""
+        return torch.stack([
+            v.detach().double() if isinstance(v, torch.Tensor)
+            else torch.tensor(float(v), dtype=torch.float64, device=self.device)
+            for _, out in self._pending for v in [out["loss"]] + [out[k] for k in out if k != "loss"]])
+
+    def _records(self, values: list[float]) -> list[dict]:
+        """Log records {step, day, loss, components...} of the buffered steps; clears them."""
+        it = iter(values)
+        out = [head | {k: next(it) for k in ["loss"] + [k for k in o if k != "loss"]}
+               for head, o in self._pending]
+        self._pending.clear()
+        return out
+
+    def read_log(self) -> list[dict]:
+        """The buffered steps' records (one device read; averaged over ranks)."""
+        if not self._pending:
+            return []
+        return self._records(self.dist.mean_tensor(self._stacked()).tolist())
 
     def reached_max_steps(self) -> bool:
         return bool(self.cfg.max_steps) and self.step >= self.cfg.max_steps
@@ -154,42 +205,58 @@ class Trainer:
     def train_day(self, date: str, day_index: int, log_file=None, start_batch: int = 0) -> int | None:
         """One pass over ``date`` (shuffled, full batches) from batch ``start_batch``.
         Returns None when the day is done, or the next batch index when ``max_steps`` stopped
-        it before its last batch."""
+        it before its last batch.
+
+        The loss values stay on the device and are written to ``log_file`` (one line per
+        step, averaged over ranks) every ``print_freq`` steps, before every checkpoint, at a
+        non-finite step and at the day's last step, read with that step's finite flag."""
         cfg = self.cfg
         arrays = self.load_rows(date, in_memory=True).arrays()
         batches = batch_indices(len(arrays["request_id"]), cfg.batch_size, seed=[self.seed, day_index])
+        feeder = DayBatches(arrays, [self.dist.shard(b) for b in batches], self.device)
         bar = tqdm(range(start_batch, len(batches)), desc=f"{cfg.method} run {cfg.run_id} {date}",
                    unit="batch", disable=not cfg.progress or not self.dist.is_main, leave=False,
                    dynamic_ncols=True,
                    initial=start_batch, total=len(batches))
         t_day = time.perf_counter()
-        for n, bi in enumerate(bar):
-            if self.reached_max_steps():
-                bar.close()
-                return bi
-            idx = self.dist.shard(batches[bi])
-            out, ok = self.train_step(batch_to_device({k: v[idx] for k, v in arrays.items()}, self.device))
-            self.step += 1
-            self.requests += len(batches[bi])
-            values = {k: v for k, v in out.items() if k != "loss"}
-            values["loss"] = float(out["loss"].detach())
-            values = self.dist.mean_floats(values, self.device)       # the global batch's values
-            rec = {"step": self.step, "day": date, "loss": values.pop("loss"), **values}
-            if not ok:
-                rec["skipped"] = True
-                self._non_finite(rec, date, bi)
+
+        def write(records: list[dict]) -> None:
             if log_file is not None:
-                log_file.write(json.dumps(rec) + "\n")
-            rate = (n + 1) * cfg.batch_size / (time.perf_counter() - t_day)
-            if n % 5 == 0:
-                bar.set_postfix(loss=f"{rec['loss']:.4f}", req_s=f"{rate:,.0f}")
-            if cfg.print_freq and self.step % cfg.print_freq == 0:
-                log.info("step %d day %s loss %.5f (%.0f req/s)", self.step, date, rec["loss"], rate)
-            if cfg.ckpt_every and self.step % cfg.ckpt_every == 0 and self.on_checkpoint:
-                if log_file is not None:
-                    log_file.flush()
-                self.on_checkpoint(day_index, bi + 1)
-        bar.close()
+                log_file.writelines(json.dumps(r) + "\n" for r in records)
+
+        try:
+            for n, bi in enumerate(bar):
+                if self.reached_max_steps():
+                    write(self.read_log())
+                    return bi
+                nxt = self.step + 1
+                ckpt = bool(cfg.ckpt_every and nxt % cfg.ckpt_every == 0 and self.on_checkpoint)
+                read = (ckpt or bi == len(batches) - 1 or bool(cfg.print_freq and nxt % cfg.print_freq == 0)
+                        or bool(cfg.max_steps and nxt >= cfg.max_steps))
+                _, ok, records = self.train_step(feeder[bi], {"step": nxt, "day": date}, read)
+                self.step += 1
+                self.requests += len(batches[bi])
+                if not ok:
+                    records = records or self.read_log()
+                    write(records[:-1])
+                    rec = dict(records[-1], skipped=True)
+                    self._non_finite(rec, date, bi)           # raises unless --skip_nonfinite
+                    write([rec])
+                elif records:
+                    write(records)
+                    rate = (n + 1) * cfg.batch_size / max(time.perf_counter() - t_day, 1e-9)
+                    bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", req_s=f"{rate:,.0f}")
+                    if cfg.print_freq:
+                        log.info("step %d day %s loss %.5f (%.0f req/s)", self.step, date,
+                                 records[-1]["loss"], rate)
+                if ckpt:
+                    if log_file is not None:
+                        log_file.flush()
+                    self.on_checkpoint(day_index, bi + 1)
+            write(self.read_log())
+        finally:
+            bar.close()
+            feeder.close()
         return None
 
     def _non_finite(self, rec: dict, date: str, batch: int) -> None:
@@ -254,7 +321,7 @@ def checkpoint_meta(cfg: RunConfig, spec: CascadeSpec, id_counts: dict[str, int]
             "mask_mode": cfg.mask_mode, "batch_size": cfg.batch_size, "lr": cfg.lr,
             "seq_len": cfg.seq_len, "train_days": list(train_days), "seed": seed, "tz": cfg.tz,
             "vocab": cfg.vocab, "vocab_digest": vocab.digest() if vocab is not None else None,
-            "emb_optimizer": cfg.emb_optimizer}
+            "emb_optimizer": cfg.emb_optimizer, "precision": cfg.precision}
 
 
 def _check_steps(cfg: RunConfig, spec: CascadeSpec, root: Path, train_days: list[str]) -> None:

@@ -28,8 +28,8 @@ KILLER = textwrap.dedent("""
     sys.path.insert(0, {repo!r})
     from deep_components import train as T
     original, kill_at = T.Trainer.train_step, int(os.environ["KILL_AT_STEP"])
-    def step(self, batch):
-        result = original(self, batch)          # the optimisers have stepped: state is mid-update
+    def step(self, batch, *args, **kwargs):
+        result = original(self, batch, *args, **kwargs)   # the optimisers have stepped: mid-update
         if self.step + 1 == kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
         return result

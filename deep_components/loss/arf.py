@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import SortMasks, UncertaintyWeights, as_float, top_tail
+from .base import SortMasks, UncertaintyWeights, component, top_tail
 from .registry import register
 from .sorting_base import SortingLoss
 
@@ -50,8 +50,8 @@ class ARFLoss(SortingLoss):
             relax = ((sm.count > m).to(labels.dtype) * self.relax(P, m, y, y_bar, sm)).mean()
             glob = (full * (-torch.log(P + eps) * lam).sum((1, 2)) / n ** 2).mean()
             total = total + 0.5 / w[t] ** 2 * glob + relax + torch.log(w[t])
-            out[self.stage_key("global", t)] = as_float(glob)
-            out[self.stage_key("relax", t)] = as_float(relax)
-            out[self.stage_key("weight", t)] = as_float(w[t])
+            out[self.stage_key("global", t)] = component(glob)
+            out[self.stage_key("relax", t)] = component(relax)
+            out[self.stage_key("weight", t)] = component(w[t])
         out["loss"] = total
         return out

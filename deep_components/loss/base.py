@@ -4,7 +4,9 @@ A loss is a ``torch.nn.Module`` built by ``build_loss(name, spec, **options)`` a
 ``loss(logits, labels, mask)`` with ``logits`` a list of T tensors [B, N] in cascade order,
 ``labels`` float [B, N] (graded, methods.md §1.2) and ``mask`` bool [B, N].  It returns a dict whose
 ``"loss"`` is the scalar to minimise (the sum over every stage's loss) and whose other keys are
-detached float components for logging.
+detached components for logging: Python floats (read from the device in one transfer), or, with
+``tensor_components = True`` (the trainer's setting), detached 0-d tensors, so that a training
+step never waits for the device to log them.
 """
 from __future__ import annotations
 
@@ -39,6 +41,8 @@ class CascadeLoss(nn.Module):
     """
 
     OPTIONS: ClassVar[dict[str, Any]] = {}
+    #: components as detached tensors (True) or floats (False, one device read per call)
+    tensor_components: bool = False
     SETTING_OPTIONS: ClassVar[tuple[str, ...]] = ()
     STAGE_OPTIONS: ClassVar[dict[str, int]] = {}
     name: ClassVar[str] = "?"
@@ -79,7 +83,11 @@ class CascadeLoss(nn.Module):
             if s.dim() != 2 or s.shape[1] != N:
                 raise ValueError(f"{self.name}: expected logits of shape [B, {N}], got {tuple(s.shape)}")
         labels = labels.to(logits[0].dtype)
-        return self.compute(list(logits), labels, mask.bool())
+        out = self.compute(list(logits), labels, mask.bool())
+        keys = [k for k, v in out.items() if k != "loss" and isinstance(v, Tensor)]
+        if keys and not self.tensor_components:
+            out.update(zip(keys, torch.stack([out[k].double() for k in keys]).tolist()))
+        return out
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict[str, Any]:
         raise NotImplementedError
@@ -140,5 +148,8 @@ class UncertaintyWeights(nn.Module):
         return self.w
 
 
-def as_float(x: Tensor) -> float:
-    return float(x.detach())
+def component(x: Tensor) -> Tensor:
+    """A logged component: a detached copy (a view of a parameter, such as a loss weight, would
+    show the value after later optimiser steps by the time it is read); CascadeLoss.forward
+    turns them into floats unless ``tensor_components``."""
+    return x.detach().clone()

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CascadeLoss, as_float
+from .base import CascadeLoss, component
 from .registry import register
 
 
@@ -30,7 +30,7 @@ class BCELoss(CascadeLoss):
             target[:, :g] = 1.0
             terms = F.binary_cross_entropy_with_logits(s[:, :n], target, reduction="none")
             loss_t = (terms * mask[:, :n]).sum() / (s.shape[0] * n)
-            out[self.stage_key("bce", t)] = as_float(loss_t)
+            out[self.stage_key("bce", t)] = component(loss_t)
             total = total + loss_t
         out["loss"] = total
         return out

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CascadeLoss, as_float
+from .base import CascadeLoss, component
 from .registry import register
 
 
@@ -58,7 +58,7 @@ class FSLambdaLoss(CascadeLoss):
                 W = W * m.unsqueeze(-1) * m.unsqueeze(-2)
             diff = s.unsqueeze(-1) - s.unsqueeze(-2)
             stage = (W * F.binary_cross_entropy_with_logits(diff, target, reduction="none")).sum() / s.shape[0]
-            out[self.stage_key("lambda", t)] = as_float(stage)
+            out[self.stage_key("lambda", t)] = component(stage)
             total = total + stage
         out["loss"] = total
         return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CascadeLoss, as_float
+from .base import CascadeLoss, component
 from .registry import register
 
 
@@ -38,8 +38,8 @@ class FSRankNetLoss(CascadeLoss):
                 w_anchor = m[:, a * g:(a + 1) * g]
                 if self.opts["anchor_mask"]:
                     weight, norm = w_anchor, w_anchor.sum()
-                    if true_mode and float(norm) == 0.0:
-                        continue                                  # empty group: skip (§6.2.5)
+                    if true_mode:          # an empty group adds exactly 0 (§6.2.5): its weights are
+                        norm = norm.clamp(min=1)      # all 0, and a count >= 1 is kept as it is
                 else:
                     weight = w_anchor if true_mode else None
                     norm = g * B
@@ -47,7 +47,7 @@ class FSRankNetLoss(CascadeLoss):
                 if true_mode:
                     pair = pair * m[:, (a + 1) * g:].unsqueeze(1)
                 stage = stage + pair.sum() / (opp.shape[1] * norm)
-            out[self.stage_key("ranknet", t)] = as_float(stage)
+            out[self.stage_key("ranknet", t)] = component(stage)
             total = total + stage
         out["loss"] = total
         return out

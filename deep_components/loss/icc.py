@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CascadeLoss, as_float
+from .base import CascadeLoss, component
 from .registry import register
 
 
@@ -49,4 +49,4 @@ class ICCLoss(CascadeLoss):
             weight = weight * m.unsqueeze(-1) * m.unsqueeze(-2)
         terms = F.binary_cross_entropy_with_logits(diff, target, reduction="none") * weight
         loss = terms.sum() / (B * N * N)
-        return {"icc": as_float(loss), "loss": loss}
+        return {"icc": component(loss), "loss": loss}

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .base import UncertaintyWeights, as_float, column_normalised
+from .base import UncertaintyWeights, component, column_normalised
 from .registry import register
 from .sorting_base import SortingLoss
 
@@ -78,7 +78,7 @@ class LCRONLoss(SortingLoss):
                 per_slot = -torch.log(U + eps) * y * sm.slot - torch.log(D + eps) * y_bar * sm.slot
                 ls = (keep * per_slot.sum(-1) / n).mean()
                 singles.append(ls)
-                out[self.stage_key("single", t)] = as_float(ls)
+                out[self.stage_key("single", t)] = component(ls)
             if o["terms"] != "single":
                 U, D = column_normalised(P, self.e2e_k[t], eps)
                 joint_in = joint_in * U
@@ -90,7 +90,7 @@ class LCRONLoss(SortingLoss):
             if self.mask_mode == "true":
                 per_slot = per_slot * mask.to(labels.dtype)
             le2e = (per_slot.sum(-1) / n).mean()
-            out["e2e"] = as_float(le2e)
+            out["e2e"] = component(le2e)
             total = total + le2e
         if singles:
             if self.fixed is not None:
@@ -100,6 +100,6 @@ class LCRONLoss(SortingLoss):
                 total = total + sum(0.5 / w[t] ** 2 * ls for t, ls in enumerate(singles)) \
                     + torch.log(torch.prod(w))
                 for t in range(len(singles)):
-                    out[self.stage_key("weight", t)] = as_float(w[t])
+                    out[self.stage_key("weight", t)] = component(w[t])
         out["loss"] = total
         return out

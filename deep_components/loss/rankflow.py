@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import CascadeLoss, as_float
+from .base import CascadeLoss, component
 from .registry import register
 
 
@@ -66,15 +66,15 @@ class RankFlowLoss(CascadeLoss):
 
         s1 = logits[0]
         total = F.binary_cross_entropy_with_logits(s1, y, weight=w, reduction="sum") / (B * N)
-        out[self.stage_key("bce", 0)] = as_float(total)
+        out[self.stage_key("bce", 0)] = component(total)
         size = int(o["top"] or spec.quotas[0])
         current = _select(s1, valid, size)
         for t in range(len(logits) - 1):
             s, nxt = logits[t], logits[t + 1]
             bce = mean_on(F.binary_cross_entropy_with_logits(nxt, y, reduction="none"), current, size)
             mse = mean_on((s - nxt.detach()) ** 2, current, size)
-            out[self.stage_key("bce", t + 1)] = as_float(bce)
-            out[self.stage_key("mse", t)] = as_float(mse)
+            out[self.stage_key("bce", t + 1)] = component(bce)
+            out[self.stage_key("mse", t)] = component(mse)
             total = total + bce + o["mse_weight"] * mse
             split = int(o["splits"][t])
             top = _select(nxt, current & valid, split)
@@ -84,7 +84,7 @@ class RankFlowLoss(CascadeLoss):
                 mean_top = (s * top_v).sum(-1) / top_v.sum(-1).clamp(min=1)
                 mean_rest = (s * rest).sum(-1) / rest.sum(-1).clamp(min=1)
                 pair = -F.logsigmoid(mean_top - mean_rest).mean()
-                out[self.stage_key("pair", t)] = as_float(pair)
+                out[self.stage_key("pair", t)] = component(pair)
                 total = total + o["pair_weight"] * pair
             current, size = top, split
         out["loss"] = total
