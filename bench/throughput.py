@@ -2,6 +2,7 @@
 
     python bench/throughput.py --data_dir data/synthetic/small [--settings two_stage three_stage]
         [--methods lcron bce ...] [--steps 20] [--kernels auto|native|torch] [--device cpu]
+        [--precision fp32|bf16|fp16]
         [--repo /path/to/another/checkout] [--out bench_throughput.md]
 
 Every (setting, method) runs in its own process (so the peak RSS is its own): full training
@@ -68,7 +69,8 @@ def peak_rss_mb() -> float:
 
 
 def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, batch: int,
-            device_name: str, kernel_mode: str | None, with_eval: bool) -> dict:
+            device_name: str, kernel_mode: str | None, with_eval: bool,
+            precision: str = "fp32") -> dict:
     """One (setting, method): timed training steps and, with_eval, the test day's evaluation."""
     import numpy as np
     import torch
@@ -107,12 +109,23 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
     idx_list = batch_indices(day.num_requests, batch, seed=0)
     arrays = day.arrays()
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    if precision == "fp32":
+        from contextlib import nullcontext
+
+        def autocast():
+            return nullcontext()
+    else:                                  # the trainer's autocast (checkouts that have one)
+        from deep_components.precision import autocast as precision_autocast
+
+        def autocast():
+            return precision_autocast(precision, device)
 
     def step(i: int, parts: list | None):
         t = [time.perf_counter()]
         b = batch_to_device({k: v[idx_list[i % len(idx_list)]] for k, v in arrays.items()}, device)
         sync(); t.append(time.perf_counter())
-        scores = forward_all(models, b)
+        with autocast():
+            scores = [s.float() for s in forward_all(models, b)]
         sync(); t.append(time.perf_counter())
         out = loss_fn(scores, b["labels"], b["item_mask"])
         sync(); t.append(time.perf_counter())
@@ -141,6 +154,7 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
     H = float(np.mean(hist_rows))
     flops = 3 * batch * sum(tower_flops(t, spec.num_slots, H) for t in spec.towers)
     res = {"setting": setting, "method": method, "device": str(device), "batch": batch,
+           "precision": precision,
            "steps": steps, "seconds_per_step": sec, "requests_per_s": batch / sec,
            "batch_s": p[0], "forward_s": p[1], "loss_s": p[2], "backward_s": p[3], "optimiser_s": p[4],
            "model_gflops_per_s": flops / sec / 1e9, "threads": torch.get_num_threads(),
@@ -166,6 +180,8 @@ def run_child(a: argparse.Namespace, setting: str, method: str, with_eval: bool)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", setting, method,
            "--data_dir", str(Path(a.data_dir).resolve()), "--steps", str(a.steps),
            "--warmup", str(a.warmup), "--batch_size", str(a.batch_size), "--device", a.device]
+    if a.precision != "fp32":
+        cmd += ["--precision", a.precision]
     if has_kernels:
         cmd += ["--kernels", a.kernels]
     if with_eval:
@@ -203,6 +219,8 @@ def main() -> int:
     ap.add_argument("--batch_size", type=int, default=1024)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--kernels", default="auto", choices=["auto", "native", "torch"])
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
+                    help="the towers under autocast (the trainer's --precision)")
     ap.add_argument("--repo", default=str(HERE), help="checkout whose code is measured")
     ap.add_argument("--out", default=None, help="also write the table here (Markdown)")
     ap.add_argument("--_child", nargs=2, metavar=("SETTING", "METHOD"), help=argparse.SUPPRESS)
@@ -210,7 +228,7 @@ def main() -> int:
     a = ap.parse_args()
     if a._child:
         r = measure(a.data_dir, *a._child, a.steps, a.warmup, a.batch_size, a.device,
-                    a.kernels if "--kernels" in sys.argv else None, a._eval)
+                    a.kernels if "--kernels" in sys.argv else None, a._eval, a.precision)
         print(json.dumps(r, default=float))
         return 0
     if not Path(a.data_dir).is_dir():
@@ -224,7 +242,8 @@ def main() -> int:
             if len(rows) == 1:
                 import torch
 
-                print(f"repo {Path(a.repo).resolve()}, device {r['device']}, torch {torch.__version__}, "
+                print(f"repo {Path(a.repo).resolve()}, device {r['device']}, {a.precision}, "
+                      f"torch {torch.__version__}, "
                       f"{r['threads']} threads, batch {a.batch_size}, {a.steps} steps after "
                       f"{a.warmup} warm-up\nkernels: {r['kernels']}", flush=True)
             print(f"{setting:<12} {method:<14} {r['requests_per_s']:>7,.0f} req/s  step "

@@ -37,7 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cascade import CascadeSpec
+from .cascade import CascadeSpec, get_spec
 from .data.catalogue import Catalogue, load_catalogue
 from .data.errors import DataError
 from .data.vocab import LOCATIONS, Vocabulary
@@ -337,11 +337,12 @@ def serve_run(folder: RunFolder, a, device: torch.device, seen_keys: dict) -> di
         seen_keys[key] = str(folder.path)
         day_name = a.day or saved["test_day"]
         check_day(saved, day_name, a.allow_train_day, "--day")
+        spec = get_spec(saved["setting"])
+        keep = a.keep or default_keep(spec.num_stages)
+        check_keep(keep, spec, 10**18)
+        check_index_k(a.index, device, keep[0])
         t0 = time.perf_counter()
         run = folder.open_trained(device, a.data_dir)
-        keep = a.keep or default_keep(run.spec.num_stages)
-        check_keep(keep, run.spec, 10**18)
-        check_index_k(a.index, device, keep[0])
         _, why = index_device(a.index, device)
         if why:
             print(f"warning: {why}", file=sys.stderr)
