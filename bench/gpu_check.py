@@ -127,7 +127,7 @@ def host_reads(device_name: str, tiny: Path) -> list[tuple[str, float, int]]:
     from deep_components.cascade import get_spec
     from deep_components.config import RunConfig
     from deep_components.data import read_id_counts
-    from deep_components.runtime import resolve_device
+    from deep_components.devices import resolve_device
     from deep_components.syncs import cuda_syncs, host_reads as reads
     from deep_components.train import Trainer, prepare_data
 

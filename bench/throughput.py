@@ -80,13 +80,19 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
     from deep_components.data.vocab import build_vocabulary
     from deep_components.evaluate import evaluate
     from deep_components.loss import build_loss
-    from deep_components.runtime import resolve_device
+    try:                                   # older checkouts (--repo) keep it in runtime.py
+        from deep_components.devices import resolve_device
+    except ImportError:
+        from deep_components.runtime import resolve_device
     from deep_components.data.batches import batch_to_device
     from deep_components.models import build_models, forward_all
     from deep_components.train import build_optimizers
 
     try:                                   # as the entry points do (older checkouts lack it)
-        from deep_components.runtime import keep_freed_memory
+        try:
+            from deep_components.process import keep_freed_memory
+        except ImportError:
+            from deep_components.runtime import keep_freed_memory
 
         keep_freed_memory()
     except ImportError:

@@ -4,7 +4,7 @@
 (``.tmp-<host>-<pid>-<random>``, so :func:`clean_stale` can tell a dead writer's leftovers),
 and renames it onto ``path`` when the block succeeds: readers see the old or the new content,
 never a half-written one.  On any error the temporary path is removed and the error goes on.
-Used by run results and checkpoints (runtime.atomic_write), the day/vocabulary/catalogue cache
+Used by run results and checkpoints (files.atomic_write), the day/vocabulary/catalogue cache
 entries (data.cache.publish_entry) and the compiled kernels.
 """
 from __future__ import annotations

@@ -26,7 +26,8 @@ from .cascade import CascadeSpec, get_spec
 from .data.vocab import Vocabulary
 from .models import build_models
 from .run_folder import saved_method
-from .runtime import UsageError, atomic_write, torch_load_error
+from .errors import UsageError
+from .files import atomic_write
 
 FORMAT = 1
 #: configuration that must be identical between a checkpoint and the run resuming it
@@ -142,3 +143,26 @@ def load_towers(path: Path, device: torch.device
     except Exception as e:  # truncated/corrupt file, foreign content, mismatched shapes
         raise torch_load_error(path, e, "the trained towers") from None
     return [m.to(device) for m in models], meta, vocab
+
+
+def torch_load_error(path: Path, e: Exception, what: str) -> UsageError:
+    """One line for a file ``torch.load(weights_only=True)`` refused or could not read.
+
+    torch's own message suggests reloading with weights_only=False, which would run whatever
+    the file names: never repeat that; say what was refused instead."""
+    import re
+
+    text = str(e)
+    m = re.search(r"(?:unsupported|Unsupported global:?) (?:GLOBAL )?([\w.]+)", text)
+    if m is not None and "." in m.group(1):
+        return UsageError(f"{path}: refused to load {what}: it names {m.group(1).rstrip('.')}, "
+                          "which is not a tensor or a plain container; it is not a file this "
+                          "program wrote, and loading it any other way could run code")
+    if "Weights only load failed" in text:
+        u = re.search(r"(Unsupported [^\n]*)", text)
+        return UsageError(f"{path}: cannot load {what}: its content is not tensors and plain "
+                          f"containers{f' ({u.group(1).strip()})' if u else ''}; corrupt, or not "
+                          "a file this program wrote")
+    first = text.splitlines()[0][:200] if text else ""
+    return UsageError(f"{path}: cannot load {what} ({type(e).__name__}: {first}); truncated or "
+                      "corrupt?")

@@ -10,7 +10,7 @@ import logging
 from .config import add_run_flags, config_from_args, given_flags
 from .data.errors import DataError
 from .parsing import OneLineParser
-from .runtime import TrainingError, UsageError, report_error
+from .errors import TrainingError, UsageError, report_error
 
 #: the paper's script names of its two settings
 PAPER_SCRIPTS = {"two_stage": "2", "three_stage": "3"}
@@ -31,7 +31,7 @@ def main(setting: str | None, action: str, argv: list[str] | None = None) -> int
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from . import kernels
     from .distributed import context, init_distributed, shutdown
-    from .runtime import keep_freed_memory
+    from .process import keep_freed_memory
 
     keep_freed_memory()
 

@@ -17,7 +17,7 @@ from .cascade import SPECS, get_spec
 from .loss import display_name, method_order
 from .parsing import OneLineParser
 from .run_folder import METRICS, RunFolder
-from .runtime import UsageError, report_error
+from .errors import UsageError, report_error
 
 
 #: what a metrics.json must hold to be collected

@@ -214,7 +214,7 @@ def config_from_args(a: argparse.Namespace, setting: str | None = None,
     """The RunConfig of parsed flags; ``setting`` fixes the cascade (the per-setting wrappers).
     The loss options are parsed (NAME=VALUE, Python literals), ``--cuda N`` goes into the
     device, and the data folder defaults to $DATA_DIR or ./data (run_test: the run's own)."""
-    from .runtime import UsageError
+    from .errors import UsageError
 
     values = {f.name: getattr(a, f.name) for f in dataclasses.fields(RunConfig)
               if hasattr(a, f.name)}
@@ -241,7 +241,8 @@ def validate(cfg: RunConfig) -> None:
 
     from .cascade import get_spec
     from .loss import build_loss
-    from .runtime import UsageError, resolve_device
+    from .devices import resolve_device
+    from .errors import UsageError
 
     def need(ok: bool, msg: str) -> None:
         if not ok:
@@ -299,7 +300,7 @@ def validate(cfg: RunConfig) -> None:
 def check_tz(tz: str) -> None:
     """A known IANA time zone, or a UsageError naming --tz."""
     from .data.timefeat import check_tz as check
-    from .runtime import UsageError
+    from .errors import UsageError
 
     try:
         check(tz)
@@ -308,7 +309,7 @@ def check_tz(tz: str) -> None:
 
 
 def check_eval_batch(cfg: RunConfig) -> None:
-    from .runtime import UsageError
+    from .errors import UsageError
 
     if cfg.eval_batch_size < 1:
         raise UsageError(f"--infer_recall_batch_size must be >= 1, got {cfg.eval_batch_size}")
@@ -320,7 +321,8 @@ def validate_eval(cfg: RunConfig, saved: dict, given: set[str] | frozenset = fro
     equal the run's own value, ``--method`` must name the run's method; a training day as the
     test day needs --allow_train_day."""
     from .run_folder import check_day
-    from .runtime import UsageError, resolve_device
+    from .devices import resolve_device
+    from .errors import UsageError
 
     check_eval_batch(cfg)
     if cfg.threads is not None and cfg.threads < 1:

@@ -91,7 +91,7 @@ def check_timeout(minutes: float) -> None:
     """``--dist_timeout``: a positive, finite number of minutes (UsageError otherwise)."""
     import math
 
-    from .runtime import UsageError
+    from .errors import UsageError
 
     if not (isinstance(minutes, (int, float)) and math.isfinite(minutes) and minutes > 0):
         raise UsageError(f"--dist_timeout must be a positive number of minutes, got {minutes}")
@@ -106,7 +106,7 @@ def init_distributed(device_name: str, timeout_minutes: float = 120.0) -> tuple[
     days, which takes minutes at RecFlow's real size (NCCL's own default is 10)."""
     import datetime
 
-    from .runtime import UsageError
+    from .errors import UsageError
 
     global _CONTEXT
     world = int(os.environ.get("WORLD_SIZE", "1"))

@@ -9,7 +9,8 @@ from . import kernels
 from .config import RunConfig
 from .evaluate import evaluate
 from .run_folder import RunFolder
-from .runtime import UsageError, resolve_device
+from .devices import resolve_device
+from .errors import UsageError
 
 
 def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> dict:

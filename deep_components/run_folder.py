@@ -28,7 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from .runtime import UsageError, read_json, write_json
+from .errors import UsageError
+from .files import read_json, write_json
 
 if TYPE_CHECKING:
     import torch

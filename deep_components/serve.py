@@ -42,7 +42,8 @@ from .data.catalogue import Catalogue, load_catalogue
 from .data.errors import DataError
 from .data.vocab import LOCATIONS, Vocabulary
 from .run_folder import RunFolder, TrainedRun, check_day, iter_unique
-from .runtime import UsageError, report_error, resolve_device
+from .devices import resolve_device
+from .errors import UsageError, report_error
 
 INDEXES = ("exact", "ivf", "hnsw")
 #: HNSW graph degree and search breadth (faiss's M and efSearch)

@@ -32,7 +32,9 @@ from .loss import display_name, method_order
 from .config import RunConfig
 from .data import DataError, list_days, load_day, read_id_counts, synthetic_info
 from .parsing import OneLineParser
-from .runtime import UsageError, ensure_writable, report_error, resolve_device, write_json
+from .devices import resolve_device
+from .errors import UsageError, report_error
+from .files import ensure_writable, write_json
 from .train import Trainer, prepare_data
 
 

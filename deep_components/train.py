@@ -40,8 +40,10 @@ from .loss import build_loss
 from .models import build_models, forward_all
 from .precision import autocast, grad_scaler
 from .run_folder import RunFolder
-from .runtime import (TrainingError, UsageError, ensure_writable, environment, resolve_device,
-                      seed_everything)
+from .devices import resolve_device
+from .errors import TrainingError, UsageError
+from .files import ensure_writable
+from .process import environment, seed_everything
 
 log = logging.getLogger("deep_components.train")
 

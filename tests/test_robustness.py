@@ -18,7 +18,7 @@ from deep_components import cli
 from deep_components.config import RunConfig
 from deep_components.run_folder import RunFolder
 from deep_components.run_eval import evaluate_run
-from deep_components.runtime import TrainingError, UsageError
+from deep_components.errors import TrainingError, UsageError
 from deep_components.train import train
 
 REPO = Path(__file__).resolve().parent.parent

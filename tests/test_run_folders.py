@@ -20,7 +20,7 @@ from deep_components.config import RunConfig
 from deep_components.data import load_day
 from deep_components.data.synthetic import generate, preset_params
 from deep_components.run_folder import RunLock
-from deep_components.runtime import UsageError
+from deep_components.errors import UsageError
 from deep_components.train import train
 
 REPO = Path(__file__).resolve().parent.parent

@@ -17,7 +17,7 @@ from deep_components.config import RunConfig
 from deep_components.data import load_day, read_id_counts
 from deep_components.evaluate import evaluate
 from deep_components.loss import method_order
-from deep_components.runtime import seed_everything
+from deep_components.process import seed_everything
 from deep_components.run_eval import evaluate_run
 from deep_components.models import build_models
 from deep_components.train import train
@@ -119,7 +119,7 @@ def test_streaming_equals_training_on_earlier_days(tiny_root, tmp_path):
     assert evaluate_run(solo)["joint_recall"] == df["joint"][0]
     md = to_markdown(summarise(df), "streaming")
     assert "| 2024-01-16 |" in md and "| mean |" in md and "LCRON" in md
-    from deep_components.runtime import UsageError
+    from deep_components.errors import UsageError
 
     with pytest.raises(UsageError, match="at least one earlier training day"):
         stream(cfg, ["bce"], [7], "2024-01-13")

@@ -16,7 +16,7 @@ from deep_components.data.vocab import (COMPACT_FIELDS, LOCATIONS, Vocabulary, b
 from deep_components.embedding_init import fill_table, row_normals
 from deep_components.models import DSSM
 from deep_components.run_eval import evaluate_run
-from deep_components.runtime import UsageError
+from deep_components.errors import UsageError
 from deep_components.run_folder import RunFolder
 from deep_components.models import build_models
 from deep_components.train import train

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 
 from ..atomic import staged
-from ..runtime import UsageError
+from ..errors import UsageError
 
 log = logging.getLogger(__name__)
 
