@@ -124,7 +124,7 @@ def host_reads(device_name: str, tiny: Path) -> list[tuple[str, float, int]]:
     """(what, reads per step, steps) of a Trainer's day on the device, per setting."""
     import torch
 
-    from deep_components.cascade import get_spec
+    from deep_components.specs import get_spec
     from deep_components.config import RunConfig
     from deep_components.data import read_id_counts
     from deep_components.devices import resolve_device

@@ -56,7 +56,7 @@ def watch(cmd: list[str], limit_gb: float, cwd: Path, env: dict) -> dict:
 
 CONVERT = """
 import json, resource, sys, time
-from deep_components.cascade import get_spec
+from deep_components.specs import get_spec
 from deep_components.data import build_day_arrays, load_day
 root, date, setting, mode, cache = sys.argv[1:6]
 t = time.perf_counter()

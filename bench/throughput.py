@@ -75,7 +75,7 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
     import numpy as np
     import torch
 
-    from deep_components.cascade import get_spec
+    from deep_components.specs import get_spec
     from deep_components.data import batch_indices, default_split, list_days, load_day, read_id_counts
     from deep_components.data.vocab import build_vocabulary
     from deep_components.evaluate import evaluate

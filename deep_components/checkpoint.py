@@ -22,7 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .cascade import CascadeSpec, get_spec
+from .spec import CascadeSpec
+from .specs import get_spec
 from .data.vocab import Vocabulary
 from .models import build_models
 from .run_folder import saved_method

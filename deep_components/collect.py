@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .cascade import SPECS, get_spec
+from .specs import SPECS, get_spec
 from .loss import display_name, method_order
 from .parsing import OneLineParser
 from .run_folder import METRICS, RunFolder

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from . import metrics as M
-from .cascade import CascadeSpec
+from .spec import CascadeSpec
 from .data import DayData
 from .data.batches import TOWER_INPUTS, batch_to_device
 from .models import forward_all

@@ -20,7 +20,7 @@ from . import kernels
 from .embedding_init import fill_table
 
 if TYPE_CHECKING:
-    from .cascade import CascadeSpec
+    from .spec import CascadeSpec
     from .data.vocab import Vocabulary
 
 ID_TABLES = ("user_id", "device_id", "gender", "age", "province", "video_id", "author_id",

@@ -316,7 +316,7 @@ class RunFolder:
     def open_trained(self, device: "torch.device", data_dir: str | None = None) -> "TrainedRun":
         """The trained run for evaluation or serving: config.json checked, towers of its
         training, a data folder that exists and whose id counts fit the towers."""
-        from .cascade import get_spec
+        from .specs import get_spec
         from .data import read_id_counts
         from .data.recflow import ID_FIELDS
 

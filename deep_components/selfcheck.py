@@ -22,7 +22,8 @@ import sys
 
 import torch
 
-from .cascade import SPECS, CascadeSpec, get_spec
+from .spec import CascadeSpec
+from .specs import SPECS, get_spec
 
 
 def selfcheck_inputs(spec: CascadeSpec, dtype=torch.float32):

@@ -37,7 +37,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .cascade import CascadeSpec, get_spec
+from .spec import CascadeSpec
+from .specs import get_spec
 from .data.catalogue import Catalogue, load_catalogue
 from .data.errors import DataError
 from .data.vocab import LOCATIONS, Vocabulary

@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from . import kernels
-from .cascade import get_spec
+from .specs import get_spec
 from .loss import display_name, method_order
 from .config import RunConfig
 from .data import DataError, list_days, load_day, read_id_counts, synthetic_info

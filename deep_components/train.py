@@ -25,7 +25,8 @@ from torch import nn
 from tqdm import tqdm
 
 from . import kernels
-from .cascade import CascadeSpec, get_spec
+from .spec import CascadeSpec
+from .specs import get_spec
 from .config import RunConfig
 from .checkpoint import differences, restore
 from .data import batch_indices, default_split, list_days, load_day, read_id_counts, synthetic_info

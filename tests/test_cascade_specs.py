@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from deep_components.cascade import FOUR_STAGE, SPECS, THREE_STAGE, CascadeSpec, Stage, get_spec
+from deep_components.spec import CascadeSpec, Stage
+from deep_components.specs import FOUR_STAGE, SPECS, THREE_STAGE, check_spec, get_spec
 from deep_components.cli import main
 from deep_components.collect import build_table
 from deep_components.config import RunConfig, add_run_flags, config_from_args
@@ -28,7 +29,7 @@ def _stages(n=3):
 
 def _spec(**kw):
     base = dict(name="my_spec", groups=THREE_STAGE.groups, stages=_stages(),
-                index_column="rerank_index", loss_defaults=dict(THREE_STAGE.loss_defaults))
+                index_column="rerank_index", method_options=dict(THREE_STAGE.method_options))
     return CascadeSpec(**(base | kw))
 
 
@@ -39,32 +40,52 @@ def test_a_copy_of_a_shipped_spec_is_valid():
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"loss_defaults": {**THREE_STAGE.loss_defaults, "lcron": {"hard_labels": True, "hard_label": 1}}},
-     "cascade spec 'my_spec' loss_defaults: loss 'lcron' has no option 'hard_label' (did you mean 'hard_labels'?)"),
-    ({"loss_defaults": {**THREE_STAGE.loss_defaults, "lcorn": {}}},
-     "cascade spec 'my_spec': loss_defaults names unknown method 'lcorn' (did you mean 'lcron'?)"),
-    ({"loss_defaults": {**THREE_STAGE.loss_defaults,
+    ({"method_options": {**THREE_STAGE.method_options, "lcron": {"hard_labels": True, "hard_label": 1}}},
+     "cascade spec 'my_spec' method_options: loss 'lcron' has no option 'hard_label' (did you mean 'hard_labels'?)"),
+    ({"method_options": {**THREE_STAGE.method_options, "lcorn": {}}},
+     "cascade spec 'my_spec': method_options names unknown method 'lcorn' (did you mean 'lcron'?)"),
+    ({"method_options": {**THREE_STAGE.method_options,
                         "rankflow": {"splits": (30,), "mse_weight": 1.0, "pair_weight": 1.0}}},
      "rankflow: option splits needs 2 values for cascade spec 'my_spec' (3 stages), got [30]"),
-    ({"loss_defaults": {k: v for k, v in THREE_STAGE.loss_defaults.items() if k != "fs_ranknet"}},
-     "cascade spec 'my_spec': loss_defaults['fs_ranknet'] must set anchor_mask"),
-    ({"loss_defaults": {**THREE_STAGE.loss_defaults,
+    ({"method_options": {k: v for k, v in THREE_STAGE.method_options.items() if k != "fs_ranknet"}},
+     "cascade spec 'my_spec': method_options['fs_ranknet'] must set anchor_mask"),
+    ({"method_options": {**THREE_STAGE.method_options,
                         "rankflow": {"splits": (30, 35), "mse_weight": 1.0, "pair_weight": 1.0}}},
      "rankflow: splits [30, 35] must shrink from top=40 (whole numbers >= 1) for cascade spec 'my_spec'"),
-    ({"stages": _stages()[:2] + (Stage("prerank", "din", 20, 20, 30, 4.0),)},
+    ({"stages": _stages()[:2] + (Stage("prerank", "din", 20),)},
      "cascade spec 'my_spec': duplicated stage names"),
-    ({"stages": _stages()[:2] + (Stage("rank", "transformer", 20, 20, 30, 4.0),)},
+    ({"stages": _stages()[:2] + (Stage("rank", "transformer", 20),)},
      "cascade spec 'my_spec': stage 'rank' has unknown tower 'transformer'"),
-    ({"stages": _stages()[:2] + (Stage("rank", "din", 35, 20, 30, 4.0),)},
+    ({"stages": _stages()[:2] + (Stage("rank", "din", 35),)},
      "cascade spec 'my_spec': stage 'rank' quota 35 must lie in [gt_num=10, 30]"),
-    ({"stages": _stages()[:2] + (Stage("rank", "din", 20, 80, 30, 4.0),)},
-     "cascade spec 'my_spec': stage 'rank': bce_slots 80 must lie in [1, N=50]"),
+    ({"method_options": {**THREE_STAGE.method_options, "bce": {"bce_slots": (50, 40, 80)}}},
+     "bce: option bce_slots: slot counts must be whole numbers in [1, N=50] for cascade spec "
+     "'my_spec', got 80"),
+    ({"method_options": {**THREE_STAGE.method_options, "icc": {"cutoffs": (40, 30, 5),
+                                                              "multipliers": (1.0, 2.0, 4.0)}}},
+     "icc: option cutoffs: cut-offs must be whole numbers in [gt_num=10, N=50] for cascade spec "
+     "'my_spec', got 5"),
     ({"stages": ()}, "cascade spec 'my_spec': needs at least one stage"),
 ])
-def test_a_bad_spec_is_refused_when_made_naming_it(change, message):
+def test_a_bad_spec_is_refused_when_registered_naming_it(change, message):
+    """Its own shape when it is made, against the towers and methods when it is registered."""
     with pytest.raises(ValueError) as e:
-        _spec(**change)
+        check_spec(_spec(**change))
     assert message in str(e.value)
+
+
+def test_a_method_registered_later_is_checked_against_the_specs():
+    from deep_components.loss import LOSSES, METHODS, register
+    from deep_components.loss.bce import BCELoss
+
+    class NeedsSwitch(BCELoss):
+        OPTIONS = {**BCELoss.OPTIONS, "switch": None}
+        SETTING_OPTIONS = BCELoss.SETTING_OPTIONS + ("switch",)
+
+    with pytest.raises(ValueError, match=r"cascade spec '(two|three|four)_stage': "
+                                         r"method_options\['late'\] must set .*switch"):
+        register("late")(NeedsSwitch)
+    assert "late" not in LOSSES and "late" not in METHODS
 
 
 def test_a_user_option_of_the_wrong_length_is_refused():

@@ -13,7 +13,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
-from deep_components.cascade import THREE_STAGE, TWO_STAGE
+from deep_components.specs import THREE_STAGE, TWO_STAGE
 from deep_components.data import DataError, build_day_arrays
 
 DAY = "2024-01-14"

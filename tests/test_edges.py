@@ -542,7 +542,7 @@ def test_only_the_run_folder_module_names_its_files():
 
 
 def test_day_digest_is_content_and_entries_without_one_get_it(tiny_root, tiny_copy, tmp_path):
-    from deep_components.cascade import TWO_STAGE
+    from deep_components.specs import TWO_STAGE
     from deep_components.data import load_day
     from deep_components.data.cache import content_digest
 

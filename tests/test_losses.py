@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from deep_components.cascade import THREE_STAGE, TWO_STAGE
+from deep_components.specs import THREE_STAGE, TWO_STAGE
 from deep_components.loss import LOSSES, build_loss
 from deep_components.sorting import label_permutation_matrix, neural_sort, soft_sort
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deep_components import metrics as M
-from deep_components.cascade import THREE_STAGE, TWO_STAGE
+from deep_components.specs import THREE_STAGE, TWO_STAGE
 
 from deep_components.selfcheck import selfcheck_inputs
 

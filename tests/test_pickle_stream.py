@@ -11,7 +11,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
-from deep_components.cascade import THREE_STAGE, TWO_STAGE
+from deep_components.specs import THREE_STAGE, TWO_STAGE
 from deep_components.data import DataError, build_day_arrays
 from deep_components.data import pickle_stream, recflow
 from deep_components.data.pickle_stream import SharedObject, iter_pickled_items

@@ -16,7 +16,7 @@ import pyarrow.feather as feather
 import pyarrow.parquet as pq
 import pytest
 
-from deep_components.cascade import THREE_STAGE, TWO_STAGE
+from deep_components.specs import THREE_STAGE, TWO_STAGE
 from deep_components.data import DataError, batch_indices, iter_batches, load_day
 from deep_components.data import cache as cache_mod
 from deep_components.data.safe_pickle import safe_load_pickle
@@ -106,7 +106,7 @@ def test_time_features_known_timestamps():
 
 def test_independent_of_machine_time_zone(tiny_root, tmp_path):
     code = ("import sys;from deep_components.data import build_day_arrays;"
-            "from deep_components.cascade import TWO_STAGE;"
+            "from deep_components.specs import TWO_STAGE;"
             f"d=build_day_arrays({str(tiny_root)!r},{DAY!r},TWO_STAGE);"
             "sys.stdout.write(str(int(d.context[:,:3].sum()))+' '+str(int(d.items[...,5:].sum())))")
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deep_components.cascade import TWO_STAGE
+from deep_components.specs import TWO_STAGE
 from deep_components.config import RunConfig
 from deep_components.data import load_day
 from deep_components.data.synthetic import generate, preset_params

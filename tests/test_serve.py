@@ -14,7 +14,7 @@ import torch
 
 pytest.importorskip("faiss")
 
-from deep_components.cascade import get_spec  # noqa: E402
+from deep_components.specs import get_spec# noqa: E402
 from deep_components.config import RunConfig  # noqa: E402
 from deep_components.data import list_days, load_day  # noqa: E402
 from deep_components.data.catalogue import catalogue_of_days  # noqa: E402

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from deep_components.cascade import THREE_STAGE, TWO_STAGE
+from deep_components.specs import THREE_STAGE, TWO_STAGE
 from deep_components.data import default_split, list_days
 from deep_components.data.synthetic import RECFLOW_ID_COUNTS, generate, main, preset_params
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from deep_components.cascade import get_spec
+from deep_components.specs import get_spec
 from deep_components.collect import collect
 from deep_components.config import RunConfig
 from deep_components.data import load_day, read_id_counts

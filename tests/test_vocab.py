@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deep_components.cascade import get_spec
+from deep_components.specs import get_spec
 from deep_components.config import RunConfig, validate
 from deep_components.data import load_day, read_id_counts
 from deep_components.data.vocab import (COMPACT_FIELDS, LOCATIONS, Vocabulary, build_vocabulary,

@@ -11,7 +11,7 @@ import sys
 import time
 
 from ..parsing import OneLineParser
-from ..cascade import SPECS, get_spec
+from ..specs import SPECS, get_spec
 from . import layout
 from .cache import load_day
 from .errors import DataError

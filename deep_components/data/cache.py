@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import clean_stale, staged
-from ..cascade import CascadeSpec
+from ..spec import CascadeSpec
 from . import layout
 from .errors import DataError
 from .recflow import HISTORY_LEN, MISSING_POSITIVE_INDEX, DayData, build_day_arrays

@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from ..cascade import LABEL_BASE, CascadeSpec
+from ..spec import LABEL_BASE, CascadeSpec
 from . import layout
 from .errors import DataError
 from .safe_pickle import safe_load_pickle

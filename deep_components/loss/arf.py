@@ -24,6 +24,7 @@ class ARFLoss(SortingLoss):
 
     OPTIONS = {**SortingLoss.SORT_OPTIONS, "tau": 200.0, "support": None}
     STAGE_OPTIONS = {"support": 0}
+    CUTOFF_OPTIONS = ("support",)
 
     def __init__(self, spec, mask_mode: str = "true", **options):
         super().__init__(spec, mask_mode, **options)

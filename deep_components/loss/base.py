@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-if TYPE_CHECKING:                 # specs validate their loss options, so losses never import them
-    from ..cascade import CascadeSpec
+if TYPE_CHECKING:                 # losses never import the spec registry
+    from ..spec import CascadeSpec
 
 MASK_MODES = ("true", "reference")
 
@@ -33,10 +33,13 @@ class CascadeLoss(nn.Module):
 
     Subclasses set ``OPTIONS`` (name -> default; every constant of docs/methods.md is one) and
     implement :meth:`compute`.  ``SETTING_OPTIONS`` names the options whose value differs between
-    settings: every spec must give them in ``spec.loss_defaults[name]`` (no silent fallback to
+    settings: every spec must give them in ``spec.method_options[name]`` (no silent fallback to
     one setting's value).  ``STAGE_OPTIONS`` maps the per-stage options to the number of values
     they take, as an offset from the number of stages (0: one per stage, -1: one per stage
-    boundary).  User options override the spec's.  ``mask_mode`` is "true" (per-slot mask,
+    boundary).  ``CUTOFF_OPTIONS`` take whole numbers in [gt_num, N] (cut-offs of the ranking),
+    ``SLOT_OPTIONS`` whole numbers in [1, N] (numbers of slots); a symbolic value (a string such
+    as "gt" or "quota") or None is the method's own to resolve.  User options override the
+    spec's.  ``mask_mode`` is "true" (per-slot mask,
     methods.md §6.2) or "reference" (the reference's prefix-from-count behaviour).
     """
 
@@ -45,14 +48,16 @@ class CascadeLoss(nn.Module):
     tensor_components: bool = False
     SETTING_OPTIONS: ClassVar[tuple[str, ...]] = ()
     STAGE_OPTIONS: ClassVar[dict[str, int]] = {}
+    CUTOFF_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    SLOT_OPTIONS: ClassVar[tuple[str, ...]] = ()
     name: ClassVar[str] = "?"
 
     def __init__(self, spec: CascadeSpec, mask_mode: str = "true", **options: Any):
         super().__init__()
         if mask_mode not in MASK_MODES:
             raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
-        given = spec.loss_defaults.get(self.name, {})
-        for source, opts in ((f"cascade spec {spec.name!r} loss_defaults", given), ("", options)):
+        given = spec.method_options.get(self.name, {})
+        for source, opts in ((f"cascade spec {spec.name!r} method_options", given), ("", options)):
             unknown = [k for k in opts if k not in self.OPTIONS]
             if unknown:
                 k = unknown[0]
@@ -62,7 +67,7 @@ class CascadeLoss(nn.Module):
                                  f"{sorted(self.OPTIONS) + ['mask_mode']}")
         missing = [k for k in self.SETTING_OPTIONS if k not in given]
         if missing:
-            raise ValueError(f"cascade spec {spec.name!r}: loss_defaults[{self.name!r}] must set "
+            raise ValueError(f"cascade spec {spec.name!r}: method_options[{self.name!r}] must set "
                              f"{', '.join(missing)} (they differ between settings; see "
                              "docs/methods.md §10)")
         self.spec = spec
@@ -73,6 +78,19 @@ class CascadeLoss(nn.Module):
             if isinstance(v, (list, tuple)) and len(v) != want:
                 raise ValueError(f"{self.name}: option {k} needs {want} values for cascade spec "
                                  f"{spec.name!r} ({spec.num_stages} stages), got {list(v)}")
+        N = spec.num_slots
+        for names, lo, what in ((self.CUTOFF_OPTIONS, spec.gt_num, "cut-offs"),
+                                (self.SLOT_OPTIONS, 1, "slot counts")):
+            for k in names:
+                v = self.opts[k]
+                for x in (v if isinstance(v, (list, tuple)) else [v]):
+                    if x is None or isinstance(x, str):
+                        continue
+                    if isinstance(x, bool) or not isinstance(x, int) or not lo <= x <= N:
+                        bound = f"gt_num={lo}" if lo == spec.gt_num and what == "cut-offs" else lo
+                        raise ValueError(f"{self.name}: option {k}: {what} must be whole numbers "
+                                         f"in [{bound}, N={N}] for cascade spec {spec.name!r}, got "
+                                         f"{x!r}")
 
     def forward(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict[str, Any]:
         T, N = self.spec.num_stages, self.spec.num_slots

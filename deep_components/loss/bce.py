@@ -13,15 +13,18 @@ from .registry import register
 class BCELoss(CascadeLoss):
     """Stage t: mean over B x n_t of mask * BCE(s_t, 1[slot in group 0]) on its first n_t slots.
 
-    n_t is the stage's ``bce_slots`` (40, 20 / 50, 40, 20); the denominator always counts padded
-    slots (the mask only zeroes terms).  Components ``bce/<stage>``.
+    n_t is the option ``bce_slots`` (per stage, per setting: 40, 20 / 50, 40, 20); the
+    denominator always counts padded slots (the mask only zeroes terms).  Components
+    ``bce/<stage>``.
     """
 
     OPTIONS = {"bce_slots": None}
+    SETTING_OPTIONS = ("bce_slots",)
     STAGE_OPTIONS = {"bce_slots": 0}
+    SLOT_OPTIONS = ("bce_slots",)
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
-        slots = self.opts["bce_slots"] or [st.bce_slots for st in self.spec.stages]
+        slots = self.opts["bce_slots"]
         g = self.spec.group_size
         out, total = {}, 0.0
         for t, s in enumerate(logits):

@@ -43,6 +43,7 @@ def pair_weights(s: Tensor, lab: Tensor, top_n: int, mu: float) -> Tensor:
 @register("fs_lambdaloss", display="FS-LambdaLoss", paper_rank=5)
 class FSLambdaLoss(CascadeLoss):
     OPTIONS = {"top_n": 30, "mu": 0.8}
+    SLOT_OPTIONS = ("top_n",)
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
         true_mode = self.mask_mode == "true"

@@ -6,8 +6,8 @@ logistic loss over the slot order (docs/methods.md §4.2).
     E     = Σ_{t<T} c_t (Π_{u<t} I_u)(1 - I_t) s_t + c_T (Π_{u<T} I_u) I_T s_T
     loss  = (1 / (B N²)) Σ_b Σ_{i<j} BCE(E_i - E_j, 1[ℓ_i > ℓ_j])
 
-Cut-offs k_t and multipliers c_t are per-stage spec fields (30, 30 / 40, 30, 30 and 1, 1 /
-1, 2, 4).  mask_mode "true" gives zero weight to pairs with a padded slot and uses ℓ·m.
+Cut-offs k_t and multipliers c_t are per-stage, per-setting options (30, 30 / 40, 30, 30 and
+1, 1 / 1, 2, 4).  mask_mode "true" gives zero weight to pairs with a padded slot and uses ℓ·m.
 """
 from __future__ import annotations
 
@@ -21,15 +21,15 @@ from .registry import register
 
 @register("icc", display="ICC", paper_rank=2)
 class ICCLoss(CascadeLoss):
-    """Options: sigma_ind 1e-3; cutoffs and multipliers (default: the stages' icc_* fields)."""
+    """Options: sigma_ind 1e-3; cutoffs and multipliers (per stage, given by the setting)."""
 
     OPTIONS = {"sigma_ind": 1e-3, "cutoffs": None, "multipliers": None}
+    SETTING_OPTIONS = ("cutoffs", "multipliers")
     STAGE_OPTIONS = {"cutoffs": 0, "multipliers": 0}
+    CUTOFF_OPTIONS = ("cutoffs",)
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
-        stages = self.spec.stages
-        cut = self.opts["cutoffs"] or [st.icc_cutoff for st in stages]
-        mult = self.opts["multipliers"] or [st.icc_multiplier for st in stages]
+        cut, mult = self.opts["cutoffs"], self.opts["multipliers"]
         B, N = labels.shape
         T = len(logits)
         survive = 1.0                                    # Π_{u<t} I_u

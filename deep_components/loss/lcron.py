@@ -39,6 +39,7 @@ class LCRONLoss(SortingLoss):
                "fixed_weights": None}
     SETTING_OPTIONS = ("hard_labels",)
     STAGE_OPTIONS = {"fixed_weights": 0}
+    CUTOFF_OPTIONS = ("k", "e2e_k")
 
     def __init__(self, spec, mask_mode: str = "true", **options):
         super().__init__(spec, mask_mode, **options)

@@ -36,6 +36,7 @@ class RankFlowLoss(CascadeLoss):
     OPTIONS = {"top": None, "splits": (10,), "mse_weight": 1.0, "pair_weight": 0.0}
     SETTING_OPTIONS = ("splits", "mse_weight", "pair_weight")
     STAGE_OPTIONS = {"splits": -1}
+    CUTOFF_OPTIONS = ("top", "splits")
 
     def __init__(self, spec, mask_mode: str = "true", **options):
         super().__init__(spec, mask_mode, **options)

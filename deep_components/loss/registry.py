@@ -14,9 +14,17 @@ from typing import TYPE_CHECKING, Any
 from .base import CascadeLoss, did_you_mean
 
 if TYPE_CHECKING:
-    from ..cascade import CascadeSpec
+    from ..spec import CascadeSpec
 
 LOSSES: dict[str, type[CascadeLoss]] = {}
+#: called with a method's name when it is registered (the spec registry checks it against the
+#: registered specs)
+_HOOKS: list = []
+
+
+def on_register(hook) -> None:
+    """Call ``hook(name)`` for every method registered from now on."""
+    _HOOKS.append(hook)
 
 
 @dataclass(frozen=True)
@@ -45,6 +53,12 @@ def register(name: str, display: str | None = None, paper_rank: int | None = Non
         tau = cls.OPTIONS.get("tau")
         METHODS[name] = MethodInfo(name, display or name, paper_rank,
                                    float(tau) if tau is not None else None)
+        try:
+            for hook in _HOOKS:
+                hook(name)
+        except ValueError:
+            del LOSSES[name], METHODS[name]
+            raise
         return cls
     return deco
 
@@ -69,18 +83,24 @@ def build_loss(name: str, spec: CascadeSpec, **options: Any) -> CascadeLoss:
     return cls(spec, **options)
 
 
+def check_method_for_spec(name: str, spec: CascadeSpec) -> None:
+    """Method ``name`` builds for ``spec`` with its ``method_options`` (a ValueError naming the
+    spec otherwise)."""
+    try:
+        LOSSES[name](spec)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+        raise ValueError(msg if spec.name in msg else f"cascade spec {spec.name!r}: {msg}") from None
+
+
 def check_spec_options(spec: CascadeSpec) -> None:
-    """Every method of ``spec.loss_defaults`` is registered, and every registered method builds
-    for ``spec`` with its defaults (known option names, one value per stage, the per-setting
-    switches given); a ValueError naming the spec otherwise."""
-    for name in spec.loss_defaults:
+    """Every method of ``spec.method_options`` is registered, and every registered method builds
+    for ``spec`` (known option names, one value per stage, the per-setting options given, values
+    in range); a ValueError naming the spec otherwise."""
+    for name in spec.method_options:
         if name not in LOSSES:
-            raise ValueError(f"cascade spec {spec.name!r}: loss_defaults names unknown method "
+            raise ValueError(f"cascade spec {spec.name!r}: method_options names unknown method "
                              f"{name!r}{did_you_mean(name, LOSSES)}; registered: "
                              f"{', '.join(sorted(LOSSES))}")
-    for name, cls in LOSSES.items():
-        try:
-            cls(spec)
-        except (ValueError, TypeError) as e:
-            msg = str(e)
-            raise ValueError(msg if spec.name in msg else f"cascade spec {spec.name!r}: {msg}") from None
+    for name in LOSSES:
+        check_method_for_spec(name, spec)

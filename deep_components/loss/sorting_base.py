@@ -23,6 +23,9 @@ class SortingLoss(CascadeLoss):
 
     def __init__(self, spec, mask_mode: str = "true", **options):
         super().__init__(spec, mask_mode, **options)
+        tau = self.opts["tau"]
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
+            raise ValueError(f"{self.name}: tau must be > 0, got {tau!r}")
         self.sorter = get_sorter(self.opts["sort"])
 
     def label_matrix(self, sort_labels: Tensor) -> Tensor:
