@@ -129,7 +129,7 @@ def host_reads(device_name: str, tiny: Path) -> list[tuple[str, float, int]]:
     from deep_components.data import read_id_counts
     from deep_components.devices import resolve_device
     from deep_components.syncs import cuda_syncs, host_reads as reads
-    from deep_components.train import Trainer, prepare_data
+    from deep_components.training import Trainer, prepare_data
 
     device = resolve_device(device_name)
     out = []

@@ -78,7 +78,10 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
     from deep_components.specs import get_spec
     from deep_components.data import batch_indices, default_split, list_days, load_day, read_id_counts
     from deep_components.data.vocab import build_vocabulary
-    from deep_components.evaluate import evaluate
+    try:                                   # older checkouts (--repo): evaluate.py
+        from deep_components.scoring import evaluate
+    except ImportError:
+        from deep_components.evaluate import evaluate
     from deep_components.loss import build_loss
     try:                                   # older checkouts (--repo) keep it in runtime.py
         from deep_components.devices import resolve_device
@@ -86,7 +89,10 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
         from deep_components.runtime import resolve_device
     from deep_components.data.batches import batch_to_device
     from deep_components.models import build_models, forward_all
-    from deep_components.train import build_optimizers
+    try:
+        from deep_components.training import build_optimizers
+    except ImportError:
+        from deep_components.train import build_optimizers
 
     try:                                   # as the entry points do (older checkouts lack it)
         try:

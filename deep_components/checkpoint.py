@@ -26,7 +26,6 @@ from .spec import CascadeSpec
 from .specs import get_spec
 from .data.vocab import Vocabulary
 from .models import build_models
-from .run_folder import saved_method
 from .errors import UsageError
 from .files import atomic_write
 
@@ -94,7 +93,6 @@ def load_checkpoint(path: Path) -> dict:
 
 def differences(saved: dict, current: dict) -> list[str]:
     """``key: checkpoint X, this run Y`` for every MATCH_KEYS entry that differs."""
-    saved = {**saved, "method": saved_method(saved)}      # also a checkpoint of before the rename
     saved = {**MATCH_DEFAULTS, **saved}
     return [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
             for k in MATCH_KEYS if saved.get(k) != current.get(k)]

@@ -17,13 +17,13 @@ PAPER_SCRIPTS = {"two_stage": "2", "three_stage": "3"}
 
 
 def main(setting: str | None, action: str, argv: list[str] | None = None) -> int:
-    """``setting`` None: the cascade comes from ``--setting``; ``action``: "train" or "test"."""
+    """``setting`` None: the cascade comes from ``--setting``; ``action``: "train" or "evaluate"."""
     verb = "Train" if action == "train" else "Evaluate"
     if setting is None:
         prog = f"python -m deep_components.{'train' if action == 'train' else 'evaluate'}"
         description = f"{verb} a cascade of any registered setting (--setting)."
     else:
-        prog = f"run_{action}{PAPER_SCRIPTS.get(setting, '')}.py"
+        prog = f"run_{'train' if action == 'train' else 'test'}{PAPER_SCRIPTS.get(setting, '')}.py"
         description = f"{verb} a {setting.replace('_', '-')} cascade."
     ap = OneLineParser(prog=prog, description=description)
     add_run_flags(ap, with_setting=setting is None, action=action)
@@ -36,19 +36,19 @@ def main(setting: str | None, action: str, argv: list[str] | None = None) -> int
     keep_freed_memory()
 
     try:
-        cfg = config_from_args(a, setting, for_test=action == "test")
+        cfg = config_from_args(a, setting, for_evaluation=action == "evaluate")
         _, cfg.device = init_distributed(cfg.device, cfg.dist_timeout)
         if not context().is_main:
             logging.getLogger().setLevel(logging.ERROR)
         if action == "train":
-            from .train import train
+            from .training import train
 
             run_dir = train(cfg)
             if context().is_main:
                 print(f"trained {cfg.method} ({cfg.setting}, run {cfg.run_id}) -> {run_dir} "
                       f"[kernels: {kernels.selected(short=True)}]")
         else:
-            from .run_eval import evaluate_run, format_metrics
+            from .evaluation import evaluate_run, format_metrics
 
             m = evaluate_run(cfg, given_flags(ap, argv))
             if context().is_main:

@@ -164,13 +164,13 @@ def _parse_value(text: str) -> Any:
 def add_run_flags(ap: argparse.ArgumentParser, with_setting: bool = True,
                   action: str = "train") -> None:
     """One argparse option per flag field of RunConfig (``--setting`` only ``with_setting``).
-    ``action`` "test": the evaluation's help, and the training-only flags in a group of their
+    ``action`` "evaluate": the evaluation's help, and the training-only flags in a group of their
     own (accepted with the run's own values, for the paper's scripts; checked)."""
     from .specs import SPECS
 
     groups = {k: ap.add_argument_group(title) for k, title in GROUPS.items()
               if with_setting or k != "cascade"}
-    if action == "test":
+    if action == "evaluate":
         groups["training"] = ap.add_argument_group(
             "training flags (evaluation uses the run's own values; a flag given here must equal "
             "the run's, or it is an error)")
@@ -186,7 +186,7 @@ def add_run_flags(ap: argparse.ArgumentParser, with_setting: bool = True,
             kw["choices"] = sorted(SPECS)
         group = meta["group"]
         help = meta["help"]
-        if action == "test":
+        if action == "evaluate":
             group = "training" if f.name in TRAINING_ONLY else group
             help = meta["eval_help"] or help
         groups[group].add_argument(*(meta["flags"] or (f"--{f.name}",)), dest=f.name,
@@ -210,7 +210,7 @@ def given_flags(ap: argparse.ArgumentParser, argv: list[str] | None) -> set[str]
 
 
 def config_from_args(a: argparse.Namespace, setting: str | None = None,
-                     for_test: bool = False) -> RunConfig:
+                     for_evaluation: bool = False) -> RunConfig:
     """The RunConfig of parsed flags; ``setting`` fixes the cascade (the per-setting wrappers).
     The loss options are parsed (NAME=VALUE, Python literals), ``--cuda N`` goes into the
     device, and the data folder defaults to $DATA_DIR or ./data (run_test: the run's own)."""
@@ -230,7 +230,7 @@ def config_from_args(a: argparse.Namespace, setting: str | None = None,
     device, cuda = values["device"], values.get("cuda")
     if cuda is not None and device in ("auto", "cuda"):
         values["device"] = f"cuda:{cuda}" if device == "cuda" else f"auto:{cuda}"
-    if values["data_dir"] is None and not for_test:  # run_test defaults to the run's own data
+    if values["data_dir"] is None and not for_evaluation:  # run_test defaults to the run's own data
         values["data_dir"] = os.environ.get("DATA_DIR") or str(REPO_ROOT / "data")
     return RunConfig(**values)
 
@@ -308,7 +308,7 @@ def check_eval_batch(cfg: RunConfig) -> None:
         raise UsageError(f"--infer_recall_batch_size must be >= 1, got {cfg.eval_batch_size}")
 
 
-def validate_eval(cfg: RunConfig, saved: dict, given: set[str] | frozenset = frozenset()) -> None:
+def validate_evaluation(cfg: RunConfig, saved: dict, given: set[str] | frozenset = frozenset()) -> None:
     """The flags evaluation uses, checked like training's, against the run's config.json
     ``saved``: every training-only flag in ``given`` (the flags the command line named) must
     equal the run's own value, ``--method`` must name the run's method; a training day as the

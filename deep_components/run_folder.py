@@ -279,7 +279,9 @@ class RunFolder:
         the modules and optimisers take them)."""
         from .checkpoint import load_checkpoint
 
-        return load_checkpoint(self._file(CHECKPOINT))
+        ckpt = load_checkpoint(self._file(CHECKPOINT))
+        ckpt["meta"] = {**ckpt["meta"], "method": saved_method(ckpt["meta"])}  # also before the
+        return ckpt                                                   # loss_type -> method rename
 
     def save_towers(self, models, loss_fn, spec, id_counts: dict, cfg, vocab, run_key) -> None:
         from .checkpoint import save_towers

@@ -9,4 +9,4 @@ if __package__ in (None, ""):  # run as a script, as the paper's launchers do
 from deep_components.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main("two_stage", "test"))
+    sys.exit(main("two_stage", "evaluate"))

@@ -35,7 +35,7 @@ from .parsing import OneLineParser
 from .devices import resolve_device
 from .errors import UsageError, report_error
 from .files import ensure_writable, write_json
-from .train import Trainer, prepare_data
+from .training import Trainer, prepare_data
 
 
 @dataclass

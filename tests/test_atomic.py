@@ -7,7 +7,7 @@ import torch
 from deep_components.atomic import staged
 from deep_components.specs import get_spec
 from deep_components.data import load_day, read_id_counts
-from deep_components.evaluate import score_day
+from deep_components.scoring import score_day
 from deep_components.models import build_models
 
 

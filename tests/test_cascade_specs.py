@@ -130,7 +130,7 @@ def test_four_stage_cascade_trains_and_evaluates_from_the_command_line(tiny_root
     assert main(None, "train", flags) == 0
     run = tmp_path / "four_stage" / method / "run-3"
     assert f"trained {method} (four_stage, run 3) -> {run}" in capsys.readouterr().out
-    assert main(None, "test", flags) == 0
+    assert main(None, "evaluate", flags) == 0
     m = json.loads((run / "metrics.json").read_text())
     assert m["setting"] == "four_stage" and m["method"] == method and m["requests"] == 300
     assert list(m["stages"]) == ["retrieval", "prerank", "coarse", "rank"]

@@ -18,7 +18,7 @@ import torch
 from deep_components.config import RunConfig
 from deep_components.data.synthetic import generate, preset_params
 from deep_components.run_folder import CONTENTS, RunFolder, RunLock
-from deep_components.train import train
+from deep_components.training import train
 
 REPO = Path(__file__).resolve().parent.parent
 pytest.importorskip("faiss")

@@ -21,7 +21,7 @@ from deep_components import cli
 from deep_components.config import RunConfig
 from deep_components.run_folder import RunFolder
 from deep_components.errors import UsageError
-from deep_components.train import Trainer, train
+from deep_components.training import Trainer, train
 
 REPO = Path(__file__).resolve().parent.parent
 

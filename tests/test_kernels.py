@@ -174,7 +174,7 @@ def test_runs_with_either_path_agree_and_say_which_ran(tiny_root, tmp_path, mode
     import json
 
     from deep_components.config import RunConfig
-    from deep_components.train import train
+    from deep_components.training import train
 
     logs = {}
     for k in ("auto", "torch"):

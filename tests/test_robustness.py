@@ -17,16 +17,16 @@ import torch
 from deep_components import cli
 from deep_components.config import RunConfig
 from deep_components.run_folder import RunFolder
-from deep_components.run_eval import evaluate_run
+from deep_components.evaluation import evaluate_run
 from deep_components.errors import TrainingError, UsageError
-from deep_components.train import train
+from deep_components.training import train
 
 REPO = Path(__file__).resolve().parent.parent
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
     sys.path.insert(0, {repo!r})
-    from deep_components import train as T
+    from deep_components import training as T
     original, kill_at = T.Trainer.train_step, int(os.environ["KILL_AT_STEP"])
     def step(self, batch, *args, **kwargs):
         result = original(self, batch, *args, **kwargs)   # the optimisers have stepped: mid-update
@@ -161,7 +161,7 @@ class _Poison(torch.nn.Module):
 
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
 def test_non_finite_stops_with_a_clear_message(tiny_root, tmp_path, monkeypatch, kind):
-    import deep_components.train as T
+    import deep_components.training as T
 
     real = T.build_loss
     monkeypatch.setattr(T, "build_loss", lambda *a, **k: _Poison(real(*a, **k), 5, kind))
@@ -175,7 +175,7 @@ def test_non_finite_stops_with_a_clear_message(tiny_root, tmp_path, monkeypatch,
 
 
 def test_skip_nonfinite_counts_and_continues(tiny_root, tmp_path, monkeypatch):
-    import deep_components.train as T
+    import deep_components.training as T
 
     real = T.build_loss
     monkeypatch.setattr(T, "build_loss", lambda *a, **k: _Poison(real(*a, **k), 5, "loss"))

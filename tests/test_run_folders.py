@@ -21,7 +21,7 @@ from deep_components.data import load_day
 from deep_components.data.synthetic import generate, preset_params
 from deep_components.run_folder import RunLock
 from deep_components.errors import UsageError
-from deep_components.train import train
+from deep_components.training import train
 
 REPO = Path(__file__).resolve().parent.parent
 TRAIN = "deep_components/run_train2.py"

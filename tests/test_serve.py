@@ -19,7 +19,7 @@ from deep_components.config import RunConfig  # noqa: E402
 from deep_components.data import list_days, load_day  # noqa: E402
 from deep_components.data.catalogue import catalogue_of_days  # noqa: E402
 from deep_components.serve import Cascade, evaluate_catalogue  # noqa: E402
-from deep_components.train import train  # noqa: E402
+from deep_components.training import train  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

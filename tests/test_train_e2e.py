@@ -15,12 +15,12 @@ from deep_components.specs import get_spec
 from deep_components.collect import collect
 from deep_components.config import RunConfig
 from deep_components.data import load_day, read_id_counts
-from deep_components.evaluate import evaluate
+from deep_components.scoring import evaluate
 from deep_components.loss import method_order
 from deep_components.process import seed_everything
-from deep_components.run_eval import evaluate_run
+from deep_components.evaluation import evaluate_run
 from deep_components.models import build_models
-from deep_components.train import train
+from deep_components.training import train
 
 REPO = Path(__file__).resolve().parent.parent
 TEST_DAY = "2024-01-16"

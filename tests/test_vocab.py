@@ -15,11 +15,11 @@ from deep_components.data.vocab import (COMPACT_FIELDS, LOCATIONS, Vocabulary, b
                                         load_vocabulary)
 from deep_components.embedding_init import fill_table, row_normals
 from deep_components.models import DSSM
-from deep_components.run_eval import evaluate_run
+from deep_components.evaluation import evaluate_run
 from deep_components.errors import UsageError
 from deep_components.run_folder import RunFolder
 from deep_components.models import build_models
-from deep_components.train import train
+from deep_components.training import train
 
 DAYS = ["2024-01-13", "2024-01-14", "2024-01-15", "2024-01-16"]
 M64 = (1 << 64) - 1

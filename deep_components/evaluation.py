@@ -1,4 +1,6 @@
-"""Evaluate a finished run folder on its test day (re-runnable without retraining)."""
+"""Evaluating a run folder: its towers on its test day (or another), the metrics written into
+the folder; re-runnable without retraining.  The command is ``python -m deep_components.evaluate``
+(evaluate.py; the paper's names ``run_test2.py`` / ``run_test3.py`` fix the setting)."""
 from __future__ import annotations
 
 import time
@@ -7,7 +9,7 @@ import torch
 
 from . import kernels
 from .config import RunConfig
-from .evaluate import evaluate
+from .scoring import evaluate
 from .run_folder import RunFolder
 from .devices import resolve_device
 from .errors import UsageError
@@ -21,12 +23,12 @@ def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> d
     the result says whether the day is the run's own data (by content).  ``given``: the flags
     the command line named (checked against the run's own values, config.validate_eval).  The
     run folder is locked while it is read and the metrics are written."""
-    from .config import validate_eval
+    from .config import validate_evaluation
     from .distributed import context
 
     folder = RunFolder(cfg.resolved_run_dir())
     saved = folder.config()
-    validate_eval(cfg, saved, given)
+    validate_evaluation(cfg, saved, given)
     device = resolve_device(cfg.device)
     kernels.select(cfg.kernels, device)
     if cfg.threads:
