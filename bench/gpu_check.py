@@ -138,7 +138,7 @@ def host_reads(device_name: str, tiny: Path) -> list[tuple[str, float, int]]:
                         device=device_name)
         spec = get_spec(setting)
         data = prepare_data(cfg, spec, tiny, ["2024-01-13", "2024-01-14"])
-        tr = Trainer(cfg, spec, tiny, read_id_counts(tiny), device, 30, data.vocab)
+        tr = Trainer(cfg, spec, tiny, read_id_counts(tiny), device, 30, data.vocab, data.days)
         tr.train_day("2024-01-13", 0)                      # warm-up (allocator, kernels)
         before = tr.step
         with reads() as c:

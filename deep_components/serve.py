@@ -348,12 +348,12 @@ def serve_run(folder: RunFolder, a, device: torch.device, seen_keys: dict) -> di
         _, why = index_device(a.index, device)
         if why:
             print(f"warning: {why}", file=sys.stderr)
-        digests = {d: run.load_day(d, a.cache_dir).stats["content_digest"]
-                   for d in dict.fromkeys(run.run_days + [day_name])}
+        opened = {d: run.load_day(d, a.cache_dir) for d in dict.fromkeys(run.run_days + [day_name])}
+        digests = {d: day.stats["content_digest"] for d, day in opened.items()}
         cascade = Cascade.from_trained(run, a.index, a.cache_dir)
         build = time.perf_counter() - t0
         check_keep(keep, run.spec, len(cascade.catalogue))
-        day = run.load_day(day_name, a.cache_dir)
+        day = opened[day_name]
         r = evaluate_catalogue(cascade, day, keep, a.batch_size, a.max_requests,
                                compare_exact=a.index != "exact")
         r.update(run.identity() | {

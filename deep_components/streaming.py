@@ -30,7 +30,7 @@ from . import kernels
 from .specs import get_spec
 from .loss import display_name, method_order
 from .config import RunConfig
-from .data import DataError, list_days, load_day, read_id_counts, synthetic_info
+from .data import DataError, list_days, read_id_counts, synthetic_info
 from .parsing import OneLineParser
 from .devices import resolve_device
 from .errors import UsageError, report_error
@@ -49,7 +49,7 @@ class StreamPlan:
     configs: list[RunConfig]
     device: torch.device
     id_counts: dict
-    vocab: object
+    data: object                 # training.PreparedData: vocabulary and the opened days
 
 
 def plan_stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: str,
@@ -81,14 +81,13 @@ def plan_stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: s
     kernels.select(cfg.kernels, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    vocab = prepare_data(cfg, spec, root, [d for d in days if d <= tests[-1]]).vocab
-    sizes = [load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir,
-                      history_len=cfg.seq_len).num_requests for d in days if d < tests[0]]
+    data = prepare_data(cfg, spec, root, [d for d in days if d <= tests[-1]])
+    sizes = data.sizes([d for d in days if d < tests[0]])
     if sum(n // cfg.batch_size for n in sizes) == 0:
         raise UsageError(f"--batch_size {cfg.batch_size} is larger than every day before the first "
                          f"test day {tests[0]} ({min(sizes):,}..{max(sizes):,} requests a day): its "
                          "model would be untrained; lower --batch_size or pick a later first day")
-    return StreamPlan(spec, root, days, tests, configs, device, read_id_counts(root), vocab)
+    return StreamPlan(spec, root, days, tests, configs, device, read_id_counts(root), data)
 
 
 def run_stream(plan: StreamPlan) -> pd.DataFrame:
@@ -98,7 +97,7 @@ def run_stream(plan: StreamPlan) -> pd.DataFrame:
     rows = []
     for mcfg in plan.configs:
         trainer = Trainer(mcfg, plan.spec, plan.root, plan.id_counts, plan.device,
-                          mcfg.resolved_seed(), plan.vocab)
+                          mcfg.resolved_seed(), plan.data.vocab, plan.data.days)
         t0 = time.perf_counter()
         for di, date in enumerate(plan.days):
             if date in plan.tests:

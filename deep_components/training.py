@@ -30,7 +30,8 @@ from .spec import CascadeSpec
 from .specs import get_spec
 from .config import RunConfig
 from .checkpoint import differences, restore
-from .data import batch_indices, default_split, list_days, load_day, read_id_counts, synthetic_info
+from .data import (DayData, batch_indices, default_split, list_days, load_day, read_id_counts,
+                   synthetic_info)
 from .data.batches import DayBatches
 from .data.cache import id_count_digest
 from .data.errors import DataError
@@ -95,9 +96,11 @@ class Trainer:
     """
 
     def __init__(self, cfg: RunConfig, spec: CascadeSpec, root: Path, id_counts: dict[str, int],
-                 device: torch.device, seed: int, vocab: Vocabulary | None = None):
+                 device: torch.device, seed: int, vocab: Vocabulary | None = None,
+                 days: dict[str, DayData] | None = None):
         self.cfg, self.spec, self.root, self.device, self.seed = cfg, spec, root, device, seed
         self.vocab = vocab
+        self.days = days or {}          # days already opened (prepare_data), by date
         self.dist = context()
         seed_everything(seed)
         self.models = [m.to(device) for m in build_models(
@@ -124,9 +127,12 @@ class Trainer:
         self.on_checkpoint = None
         self.last_checkpoint = "none yet"
 
-    def load(self, date: str):
-        return load_day(self.root, date, self.spec, self.cfg.tz, cache_dir=self.cfg.cache_dir,
-                        history_len=self.cfg.seq_len)
+    def load(self, date: str) -> DayData:
+        """The day (memory-mapped from the cache), opened once per run."""
+        if date not in self.days:
+            self.days[date] = load_day(self.root, date, self.spec, self.cfg.tz,
+                                       cache_dir=self.cfg.cache_dir, history_len=self.cfg.seq_len)
+        return self.days[date]
 
     def load_rows(self, date: str, in_memory: bool = False):
         """The day with ids mapped onto table rows (compact vocabulary), in RAM if asked."""
@@ -289,25 +295,30 @@ class PreparedData:
 
     vocab: Vocabulary | None
     digest: dict[str, Any]
+    #: the days, opened (memory-mapped from the cache) once for the whole run
+    days: dict[str, DayData]
+
+    def sizes(self, dates: list[str]) -> list[int]:
+        return [self.days[d].num_requests for d in dates]
 
 
 def prepare_data(cfg: RunConfig, spec: CascadeSpec, root: Path, days: list[str],
                  vocab: Vocabulary | None = None) -> PreparedData:
-    """Convert ``days`` into the day cache, record their digests and build their vocabulary
-    (``--vocab compact``; a ``vocab`` given, e.g. a checkpoint's, is kept).  Under torchrun rank 0
-    does it first, so ranks never build the same cache twice."""
+    """Convert ``days`` into the day cache, open each once, record their digests and build their
+    vocabulary from them (``--vocab compact``; a ``vocab`` given, e.g. a checkpoint's, is kept).
+    Under torchrun rank 0 does it first, so ranks never build the same cache twice."""
     ctx = context()
 
     def build():
-        digest = {"id_cnt": id_count_digest(root), "days": {}}
-        for d in days:        # every day, even when the vocabulary itself is already cached
-            day = load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir, history_len=cfg.seq_len)
-            digest["days"][d] = day.stats["content_digest"]
+        opened = {d: load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir,
+                              history_len=cfg.seq_len) for d in days}   # every day: checked now
+        digest = {"id_cnt": id_count_digest(root),
+                  "days": {d: day.stats["content_digest"] for d, day in opened.items()}}
         v = vocab
         if cfg.vocab == "compact" and vocab is None:
             v = load_vocabulary(root, days, spec, cfg.tz, cache_dir=cfg.cache_dir,
-                                history_len=cfg.seq_len)
-        return PreparedData(v, digest)
+                                history_len=cfg.seq_len, opened=opened)
+        return PreparedData(v, digest, opened)
 
     if ctx.enabled and not ctx.is_main:
         ctx.barrier()
@@ -328,10 +339,8 @@ def checkpoint_meta(cfg: RunConfig, spec: CascadeSpec, id_counts: dict[str, int]
             "emb_optimizer": cfg.emb_optimizer, "precision": cfg.precision}
 
 
-def _check_steps(cfg: RunConfig, spec: CascadeSpec, root: Path, train_days: list[str]) -> None:
+def _check_steps(cfg: RunConfig, root: Path, sizes: list[int]) -> None:
     """Refuse a run in which no training step would happen (every day smaller than a batch)."""
-    sizes = [load_day(root, d, spec, cfg.tz, cache_dir=cfg.cache_dir,
-                      history_len=cfg.seq_len).num_requests for d in train_days]
     if sum(n // cfg.batch_size for n in sizes) == 0:
         raise UsageError(f"--batch_size {cfg.batch_size} is larger than every training day of "
                          f"{root} ({min(sizes):,}..{max(sizes):,} requests a day): no training "
@@ -421,7 +430,7 @@ def train(cfg: RunConfig) -> Path:
         run_days = [d for d in train_days + [test_day] if d]
         data = prepare_data(cfg, spec, root, run_days, saved_vocab)
         vocab = data.vocab
-        _check_steps(cfg, spec, root, train_days)
+        _check_steps(cfg, root, data.sizes(train_days))
         meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed, vocab)
         updates = {}
         if ckpt is not None:
@@ -429,7 +438,7 @@ def train(cfg: RunConfig) -> Path:
             if diffs:
                 raise UsageError(f"{folder.path}: --resume continues the training in the folder, "
                                  "and this command differs from it: " + "; ".join(diffs))
-        trainer = Trainer(cfg, spec, root, id_counts, device, seed, vocab)
+        trainer = Trainer(cfg, spec, root, id_counts, device, seed, vocab, data.days)
         param_bytes = sum(p.numel() * p.element_size() for p in trainer.params)
         if ctx.is_main:
             ensure_writable(folder.path, "a checkpoint", need_bytes=4 * param_bytes)  # params + Adam + towers
