@@ -320,7 +320,7 @@ class RunFolder:
         training, a data folder that exists and whose id counts fit the towers."""
         from .specs import get_spec
         from .data import read_id_counts
-        from .data.recflow import ID_FIELDS
+        from .data.id_counts import ID_FIELDS
 
         saved = self.config()
         try:

@@ -5,7 +5,6 @@ device, and the CPU half of bench/gpu_check.py."""
 from __future__ import annotations
 
 import datetime
-import json
 import math
 import os
 import random

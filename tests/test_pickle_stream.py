@@ -13,7 +13,7 @@ import pytest
 
 from deep_components.specs import THREE_STAGE, TWO_STAGE
 from deep_components.data import DataError, build_day_arrays
-from deep_components.data import pickle_stream, recflow
+from deep_components.data import pickle_stream, tables
 from deep_components.data.pickle_stream import SharedObject, iter_pickled_items
 from raw_files import released_utils
 
@@ -147,7 +147,7 @@ def test_conversion_is_independent_of_batching_and_format(tiny_root, tmp_path, m
     """Streaming in tiny pieces (requests spanning record batches, pickles refilled every 61
     bytes), Parquet instead of Feather, protocol 2 / 5 pickles: the same arrays."""
     ref = build_day_arrays(tiny_root, DAY, spec)
-    monkeypatch.setattr(recflow, "TABLE_BATCH_ROWS", 997)
+    monkeypatch.setattr(tables, "TABLE_BATCH_ROWS", 997)
     monkeypatch.setattr(pickle_stream, "CHUNK", 61)
     root = tmp_path / "data"
     shutil.copytree(tiny_root, root, ignore=shutil.ignore_patterns(".lcron_cache"))
@@ -172,7 +172,7 @@ def test_conversion_is_independent_of_batching_and_format(tiny_root, tmp_path, m
 
 def test_conflict_across_record_batches_is_found(tiny_copy, monkeypatch):
     """A request id reused by rows far apart (different record batches) with another user."""
-    monkeypatch.setattr(recflow, "TABLE_BATCH_ROWS", 500)
+    monkeypatch.setattr(tables, "TABLE_BATCH_ROWS", 500)
     f = tiny_copy / "all_stage" / f"{DAY}.feather"
     t = feather.read_table(str(f)).to_pandas()
     last = t.index[-1]

@@ -10,7 +10,8 @@ import pytest
 
 from deep_components.specs import THREE_STAGE, TWO_STAGE
 from deep_components.data import default_split, list_days
-from deep_components.data.synthetic import RECFLOW_ID_COUNTS, generate, main, preset_params
+from deep_components.data.synthetic import RECFLOW_ID_COUNTS, generate, preset_params
+from deep_components.data.synthetic.__main__ import main
 
 from raw_files import read_raw_day
 

@@ -6,7 +6,7 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .recflow import DayData
+from .day import DayData
 
 
 def batch_indices(n: int, batch_size: int, *, seed: int | None = None, shuffle: bool = True,

@@ -29,7 +29,8 @@ from ..atomic import clean_stale, staged
 from ..spec import CascadeSpec
 from . import layout
 from .errors import DataError
-from .recflow import HISTORY_LEN, MISSING_POSITIVE_INDEX, DayData, build_day_arrays
+from .day import HISTORY_LEN, DayData
+from .recflow import MISSING_POSITIVE_INDEX, build_day_arrays
 from .timefeat import DEFAULT_TZ
 
 log = logging.getLogger("deep_components.data")

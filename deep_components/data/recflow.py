@@ -1,4 +1,4 @@
-"""Read one RecFlow day into compact per-request arrays (data/README.md, "One training example").
+"""Build one RecFlow day's per-request arrays (data/README.md, "One training example").
 
 Everything is vectorised with numpy/pyarrow: request-level features come from the first row of
 each request, positive indices from a sorted-key look-up of ``(request_id, video_id)``, calendar
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -17,275 +17,27 @@ import numpy as np
 
 from ..spec import LABEL_BASE, CascadeSpec
 from . import layout
+from .day import HISTORY_LEN, DayData
 from .errors import DataError
-from .safe_pickle import safe_load_pickle
+from .id_counts import read_id_counts
+from .request_pickles import first_rows, request_batches
+from .tables import iter_column_batches
 from .timefeat import DEFAULT_TZ, calendar_features
 
 log = logging.getLogger("deep_components.data")
 
-HISTORY_LEN = 50
 #: Index given to a positive video with no matching positive row in all_stage (label 30 - 21 = 9:
 #: still above every negative label 5..8, below every found positive).  Counted in the stats.
 MISSING_POSITIVE_INDEX = 21
 #: category_level_one is stored unshifted; its padding index in candidate slots is 2.
 CATE1_PAD = 2
 
-ID_FIELDS = ("user_id", "device_id", "age", "gender", "province", "video_id", "author_id",
-             "category_level_one", "category_level_two", "upload_type")
 REQUEST_COLUMNS = ("request_id", "request_timestamp", "user_id", "device_id", "gender", "age",
                    "province")
-COLUMN_ALIASES = {"video_id": ("video_id", "photo_id")}
 # Column layout of a request_id_dict stage array [n, 8].
 RD_VIDEO, RD_AUTHOR, RD_DURATION, RD_CATE2, RD_UTYPE, RD_UPLOAD_TS, RD_CATE1, RD_EFFECTIVE = range(8)
 # Column layout of a seq_effective_50_dict history array [50, 10].
 H_VIDEO, H_AUTHOR, H_CATE2, H_CATE1, H_UTYPE, H_UPLOAD_TS, H_DURATION, H_REQ_TS, H_PLAY, H_REQ_ID = range(10)
-
-
-@dataclass
-class DayData:
-    """One day's requests as arrays, rows in ascending ``request_id``.
-
-    request_id   [R]        int64
-    context      [R, 8]     int32  weekday, hour, minute, user+1, device+1, gender+1, age+1, province+1
-    history      [R, H, 5]  int32  video+1, author+1, cate2+1, cate1 (raw), upload_type+1; 0 rows padded
-    history_mask [R, H]     bool   valid history rows (a suffix: histories are left-padded)
-    items        [R, N, 8]  int32  video+1, author+1, cate2+1, cate1, utype+1, upload wday, hour, minute
-    item_mask    [R, N]     bool   real candidates (each group filled from its start)
-    labels       [R, N]     int16  30 - index on valid slots, 0 on padded slots
-    """
-
-    date: str
-    spec_name: str
-    request_id: np.ndarray
-    context: np.ndarray
-    history: np.ndarray
-    history_mask: np.ndarray
-    items: np.ndarray
-    item_mask: np.ndarray
-    labels: np.ndarray
-    stats: dict = field(default_factory=dict)
-
-    ARRAYS = ("request_id", "context", "history", "history_mask", "items", "item_mask", "labels")
-
-    @property
-    def num_requests(self) -> int:
-        return int(self.request_id.shape[0])
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {k: getattr(self, k) for k in self.ARRAYS}
-
-    def in_memory(self) -> "DayData":
-        """A copy with every array loaded into RAM (memory-mapped arrays are read once)."""
-        return DayData(self.date, self.spec_name, stats=dict(self.stats),
-                       **{k: np.array(v, copy=True) for k, v in self.arrays().items()})
-
-
-# --------------------------------------------------------------------------------------------
-# id counts
-
-
-def read_id_counts(root: str | os.PathLike) -> dict[str, int]:
-    """``others/id_cnt.pkl`` with keys stripped of whitespace and ``photo_id`` read as ``video_id``."""
-    path = Path(root) / layout.ID_COUNT_FILE
-    raw = safe_load_pickle(path)
-    if not isinstance(raw, Mapping):
-        raise DataError(f"{path}: expected a dict of id counts, found {type(raw).__name__}")
-    out: dict[str, int] = {}
-    for k, v in raw.items():
-        key = str(k).strip()
-        if key == "photo_id":
-            key = "video_id"
-        try:
-            out[key] = int(v)
-        except (TypeError, ValueError):
-            raise DataError(f"{path}: id count of {key!r} is not an integer ({v!r})") from None
-    missing = [k for k in ID_FIELDS if k not in out]
-    if missing:
-        raise DataError(f"{path}: missing id counts for {missing} (found keys {sorted(out)})")
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# tables
-
-
-#: rows per record batch when a table is read in pieces
-TABLE_BATCH_ROWS = 1 << 16
-
-
-def _resolve_columns(path: Path, names: list[str], wanted: tuple[str, ...]) -> dict[str, str]:
-    """wanted column -> the file's column name (whitespace stripped, ``photo_id`` alias)."""
-    by_stripped: dict[str, str] = {}
-    for n in names:
-        by_stripped.setdefault(n.strip(), n)
-    actual: dict[str, str] = {}
-    for col in wanted:
-        for alias in COLUMN_ALIASES.get(col, (col,)):
-            if alias in by_stripped:
-                actual[col] = by_stripped[alias]
-                break
-        else:
-            raise DataError(f"{path}: missing column {col!r} (columns present: "
-                            f"{sorted(by_stripped)})")
-    return actual
-
-
-def _int_columns(path: Path, table, actual: dict[str, str]) -> dict[str, np.ndarray]:
-    """The resolved columns of a pyarrow table / record batch as int64 numpy arrays."""
-    import pyarrow as pa
-
-    out = {}
-    for col, name in actual.items():
-        arr = table.column(name)
-        if arr.null_count:
-            raise DataError(f"{path}: column {col!r} has {arr.null_count} missing values "
-                            "(expected int64, no nulls)")
-        if not (pa.types.is_integer(arr.type) or pa.types.is_boolean(arr.type)):
-            raise DataError(f"{path}: column {col!r} has type {arr.type}, expected an integer type")
-        out[col] = np.asarray(arr.to_numpy(zero_copy_only=False)).astype(np.int64, copy=False)
-    return out
-
-
-def iter_column_batches(path: Path, wanted: tuple[str, ...], batch_rows: int = TABLE_BATCH_ROWS):
-    """Yield dicts of the ``wanted`` integer columns (int64 numpy) of a Feather/Parquet file,
-    one record batch at a time: only those columns and one batch are ever in memory.
-
-    Column names are matched after stripping whitespace; ``photo_id`` is accepted for
-    ``video_id``.  Any failure is a :class:`DataError` naming ``path``.
-    """
-    import pyarrow as pa
-    import pyarrow.feather as feather
-    import pyarrow.parquet as pq
-
-    parquet = path.suffix == ".parquet"
-    try:
-        if parquet:
-            pf = pq.ParquetFile(path)
-            names = pf.schema_arrow.names
-        else:
-            try:
-                reader = pa.ipc.open_file(pa.OSFile(str(path)))
-                names = reader.schema.names
-            except pa.ArrowInvalid:        # Feather v1: read whole (old files are small)
-                reader = None
-                names = feather.read_table(str(path), memory_map=False).schema.names
-    except DataError:
-        raise
-    except Exception as e:
-        raise DataError(f"{path}: cannot read table schema; corrupt or truncated file? "
-                        f"({type(e).__name__}: {e})") from None
-    actual = _resolve_columns(path, names, wanted)
-    cols = list(dict.fromkeys(actual.values()))
-
-    def pieces():
-        if parquet:
-            yield from pf.iter_batches(batch_size=batch_rows, columns=cols)
-        elif reader is not None:
-            opts = pa.ipc.IpcReadOptions(included_fields=[names.index(c) for c in cols])
-            r = pa.ipc.open_file(pa.OSFile(str(path)), options=opts)
-            for i in range(r.num_record_batches):
-                yield r.get_batch(i)
-        else:
-            yield from feather.read_table(str(path), columns=cols, memory_map=False).to_batches()
-
-    it = pieces()
-    while True:
-        try:
-            batch = next(it)
-        except StopIteration:
-            return
-        except Exception as e:
-            raise DataError(f"{path}: cannot read columns {cols}; corrupt or truncated file? "
-                            f"({type(e).__name__}: {e})") from None
-        yield _int_columns(path, batch, actual)
-
-
-# --------------------------------------------------------------------------------------------
-# ragged per-request arrays from the pickles
-
-
-def _first_rows(arrays: list[Any], width: int, k: int, where: str,
-                req_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Stack the first ``k`` rows of each request's ``[n, width]`` array.
-
-    ``arrays`` holds one entry per request: an array (2-D, or 1-D for a one-row array), or None
-    for a missing/empty stage; ``req_index`` their positions in the day (for messages).
-    Returns (rows [b, k, width] int64 zero-padded, counts [b]).
-    """
-    R = len(arrays)
-    fixed = []
-    lengths = np.zeros(R, dtype=np.int64)
-    for i, a in enumerate(arrays):  # one pass over the unpickled objects; no per-row work
-        if a is None:
-            continue
-        try:
-            a = np.asarray(a)
-        except (ValueError, TypeError):
-            raise DataError(f"{where}: request #{int(req_index[i])} of the day holds a "
-                            "ragged/non-array value") from None
-        if a.size == 0:
-            continue
-        if a.ndim == 1:
-            a = a.reshape(1, -1)
-        if a.ndim != 2 or a.shape[1] != width:
-            raise DataError(f"{where}: expected arrays of shape [n, {width}], found {a.shape} "
-                            f"(request #{int(req_index[i])} of the day)")
-        if not np.issubdtype(a.dtype, np.integer):
-            raise DataError(f"{where}: expected integer arrays, found dtype {a.dtype} "
-                            f"(request #{int(req_index[i])} of the day)")
-        a = a[:k]
-        lengths[i] = a.shape[0]
-        fixed.append(a)
-    out = np.zeros((R, k, width), dtype=np.int64)
-    if fixed:
-        flat = np.concatenate(fixed, axis=0).astype(np.int64, copy=False)
-        req = np.repeat(np.arange(R), lengths)
-        start = np.cumsum(lengths) - lengths
-        pos = np.arange(flat.shape[0]) - np.repeat(start, lengths)
-        out[req, pos] = flat
-    return out, lengths
-
-
-def _request_batches(path: Path, request_id: np.ndarray):
-    """Stream a day pickle ``request_id -> value``: yields (rows [b] positions in
-    ``request_id``, values) for the keys that are requests of the day, batch by batch, and
-    checks at the end that every request was a key.  Bounded memory (pickle_stream); a pickle
-    that shares objects across batches is read whole instead."""
-    from .pickle_stream import SharedObject, iter_pickled_items
-
-    def batches():
-        try:
-            yield from iter_pickled_items(path)
-        except SharedObject:
-            log.warning("%s shares objects across requests; reading it whole", path)
-            d = safe_load_pickle(path)
-            if not isinstance(d, Mapping):
-                raise DataError(f"{path}: expected a dict at the top level, found "
-                                f"{type(d).__name__}") from None
-            yield list(d.items())
-
-    filled = np.zeros(request_id.shape[0], dtype=bool)
-    for pairs in batches():
-        keys = [k for k, _ in pairs]
-        ok = [isinstance(k, (int, np.integer)) and not isinstance(k, bool) for k in keys]
-        if not all(ok):
-            pairs = [p for p, good in zip(pairs, ok) if good]
-            keys = [k for k, good in zip(keys, ok) if good]
-        if not keys:
-            continue
-        k = np.array([int(x) for x in keys], dtype=np.int64)
-        at = np.minimum(np.searchsorted(request_id, k), request_id.shape[0] - 1)
-        hit = request_id[at] == k
-        if not hit.any():
-            continue
-        rows = at[hit]
-        values = [v for (_, v), h in zip(pairs, hit) if h]
-        filled[rows] = True
-        yield rows, values
-    if not filled.all():
-        r = int(request_id[np.flatnonzero(~filled)[0]])
-        raise DataError(f"{path}: request {r} of all_stage is missing from this pickle "
-                        "(every request of the day must be a key of both pickles)")
 
 
 def _check_range(name: str, values: np.ndarray, valid: np.ndarray | None, upper: int,
@@ -376,11 +128,11 @@ def _fill_candidates(rp: Path, spec: CascadeSpec, req: _Requests, counts: Mappin
     K = spec.group_size
     # per request, so a request handed out twice (the whole-file fallback) is counted once
     missing = np.zeros(req.request_id.shape[0], dtype=np.int64)
-    for rows, values in _request_batches(rp, req.request_id):
+    for rows, values in request_batches(rp, req.request_id):
         per_request = [v if isinstance(v, Mapping) else _bad_stage(rp, v) for v in values]
         for g, group in enumerate(spec.groups):
             where = f"{rp} [{group}]"
-            got, n = _first_rows([s.get(group) for s in per_request], 8, K, where, rows)
+            got, n = first_rows([s.get(group) for s in per_request], 8, K, where, rows)
             valid = np.arange(K)[None, :] < n[:, None]  # [b, K]
             for name, c in (("video_id", RD_VIDEO), ("author_id", RD_AUTHOR),
                             ("category_level_two", RD_CATE2), ("upload_type", RD_UTYPE)):
@@ -420,7 +172,7 @@ def _fill_candidates(rp: Path, spec: CascadeSpec, req: _Requests, counts: Mappin
 def _fill_histories(hp: Path, req: _Requests, req_ts_ms: np.ndarray, counts: Mapping[str, int],
                     history_len: int, history: np.ndarray, hmask: np.ndarray) -> None:
     """Histories from seq_effective_50_dict, streamed and checked batch by batch."""
-    for rows, hist_list in _request_batches(hp, req.request_id):
+    for rows, hist_list in request_batches(hp, req.request_id):
         try:
             raw = np.stack(hist_list)
         except (ValueError, TypeError):

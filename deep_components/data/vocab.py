@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .recflow import DayData
+from .day import DayData
 
 log = logging.getLogger("deep_components.data")
 
