@@ -93,7 +93,11 @@ def load_checkpoint(path: Path) -> dict:
 
 def differences(saved: dict, current: dict) -> list[str]:
     """``key: checkpoint X, this run Y`` for every MATCH_KEYS entry that differs."""
+    from .loss.base import canonical_mask_mode
+
     saved = {**MATCH_DEFAULTS, **saved}
+    if "mask_mode" in saved:                # a checkpoint of before the mask modes' renaming
+        saved["mask_mode"] = canonical_mask_mode(saved["mask_mode"])
     return [f"{k}: checkpoint {saved.get(k)!r}, this run {current.get(k)!r}"
             for k in MATCH_KEYS if saved.get(k) != current.get(k)]
 

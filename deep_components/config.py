@@ -23,8 +23,8 @@ from .run_folder import saved_method
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-#: argparse groups, in --help order
-GROUPS = {"cascade": "cascade", "paper": "the paper's flags (same names and meaning)",
+#: argparse groups of the flags, in --help order
+FLAG_GROUPS = {"cascade": "cascade", "paper": "the paper's flags (same names and meaning)",
           "ours": "our flags", "robust": "robustness"}
 #: flags that only shape a training: evaluation uses the run's own values, and one given to
 #: evaluation must equal the run's (field names)
@@ -86,8 +86,10 @@ class RunConfig:
     run_dir: str | None = _flag(None, "run folder (default <runs_root>/<setting>/<method>/run-<id>)")
     runs_root: str = _flag(str(REPO_ROOT / "runs"), "where run folders go")
     sort: str | None = _flag(None, "sort operator", choices=["neural", "soft"])
-    mask_mode: str = _flag("true", "padded slots: per-slot mask (true) or the reference's "
-                           "prefix-from-count (reference)", choices=["true", "reference"])
+    mask_mode: str = _flag("per_slot", "padded slots: each slot's own mask (per_slot) or the "
+                           "reference's prefix-from-count (count_prefix); true / reference are the "
+                           "older spellings",
+                           choices=["per_slot", "count_prefix", "true", "reference"])
     loss_options: dict[str, Any] = _flag({}, "any loss option, e.g. --loss_opt terms=e2e "
                                          "(repeatable)", "--loss_opt", action="append",
                                          metavar="NAME=VALUE", cli_default=[])
@@ -168,7 +170,7 @@ def add_run_flags(ap: argparse.ArgumentParser, with_setting: bool = True,
     own (accepted with the run's own values, for the paper's scripts; checked)."""
     from .specs import SPECS
 
-    groups = {k: ap.add_argument_group(title) for k, title in GROUPS.items()
+    groups = {k: ap.add_argument_group(title) for k, title in FLAG_GROUPS.items()
               if with_setting or k != "cascade"}
     if action == "evaluate":
         groups["training"] = ap.add_argument_group(
@@ -227,6 +229,9 @@ def config_from_args(a: argparse.Namespace, setting: str | None = None,
     values["loss_options"] = opts
     if setting is not None:
         values["setting"] = setting
+    from .loss.base import canonical_mask_mode
+
+    values["mask_mode"] = canonical_mask_mode(values["mask_mode"])
     device, cuda = values["device"], values.get("cuda")
     if cuda is not None and device in ("auto", "cuda"):
         values["device"] = f"cuda:{cuda}" if device == "cuda" else f"auto:{cuda}"

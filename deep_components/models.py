@@ -65,13 +65,13 @@ class FeatureEmbeddings(nn.Module):
     Full size (``vocab=None``): ``id_cnt + 2`` rows per field, row = shifted id.  Compact: the
     fields of the vocabulary get ``2 + #ids`` rows (deep_components.data.vocab: 0 padding,
     1 unknown, then the ids in ascending order).  Every row starts from the vector of its key
-    (embedding_init: a function of ``seed``, ``tower``, the field and the id), so both layouts
-    start, and train, alike.  ``sparse`` makes the tables return sparse gradients (lazy Adam);
+    (embedding_init: a function of ``seed``, ``stage`` (the tower's position in the cascade),
+    the field and the id), so both layouts start, and train, alike.  ``sparse`` makes the tables return sparse gradients (lazy Adam);
     ``init=False`` leaves the tables uninitialised (for loading saved weights).
     """
 
     def __init__(self, id_counts: Mapping[str, int], dim: int = 8, *, vocab=None, seed: int = 0,
-                 tower: int = 0, sparse: bool = False, init: bool = True):
+                 stage: int = 0, sparse: bool = False, init: bool = True):
         super().__init__()
         self.dim = dim
         rows = {f: int(id_counts[f]) + 2 for f in ID_TABLES}
@@ -87,7 +87,7 @@ class FeatureEmbeddings(nn.Module):
         if init and not self.tables["video_id"].weight.is_meta:
             for f, table in self.tables.items():
                 keys = vocab.row_keys(f) if vocab is not None and f in vocab.ids else None
-                fill_table(table.weight, seed, tower, f, keys, pads[f])
+                fill_table(table.weight, seed, stage, f, keys, pads[f])
 
     def _cat(self, x: Tensor, names: tuple[str, ...]) -> Tensor:
         return torch.cat([lookup(self.tables[n], x[..., j]) for j, n in enumerate(names)], dim=-1)
@@ -151,7 +151,7 @@ class Tower(nn.Module):
     """The interface of a stage model.
 
     ``__init__(id_counts, dim, units, **emb)``: ``emb`` goes to :class:`FeatureEmbeddings`
-    (vocab, seed, tower, sparse, init), so every tower gets compact tables, seeded rows and
+    (vocab, seed, stage, sparse, init), so every tower gets compact tables, seeded rows and
     sparse gradients the same way.  ``forward(context [B, 8] int, history [B, H, 5] int,
     history_mask [B, H] bool, items [B, N, 8] int) -> scores [B, N] float`` (higher = keep;
     padded slots are scored like any other, the losses and metrics mask them)."""
@@ -373,7 +373,7 @@ class DIN(Tower):
 
 def build_tower(name: str, id_counts: Mapping[str, int], dim: int = 8, units: int = 128,
                 **emb) -> Tower:
-    """A tower by name; ``emb`` goes to :class:`FeatureEmbeddings` (vocab, seed, tower, sparse,
+    """A tower by name; ``emb`` goes to :class:`FeatureEmbeddings` (vocab, seed, stage, sparse,
     init)."""
     try:
         cls = TOWERS[name]
@@ -387,7 +387,7 @@ def build_models(spec: CascadeSpec, id_counts: Mapping[str, int], emb_dim: int =
                  init: bool = True) -> list[Tower]:
     """One tower per stage, in cascade order.  Tables are compact when ``vocab`` is given;
     embedding rows start from (seed, stage position, field, id) (embedding_init)."""
-    return [build_tower(st.tower, id_counts, emb_dim, vocab=vocab, seed=seed, tower=t,
+    return [build_tower(st.tower, id_counts, emb_dim, vocab=vocab, seed=seed, stage=t,
                         sparse=sparse, init=init) for t, st in enumerate(spec.stages)]
 
 

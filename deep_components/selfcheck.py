@@ -42,7 +42,7 @@ def selfcheck_inputs(spec: CascadeSpec, dtype=torch.float32):
     return logits, labels, torch.ones(B, N, dtype=torch.bool)
 
 
-def loss_report(spec: CascadeSpec, name: str, mask_mode: str = "true") -> dict:
+def loss_report(spec: CascadeSpec, name: str, mask_mode: str = "per_slot") -> dict:
     """{"loss", "grads": [(norm, g[0,0]) per stage], "weight_grads": [...] or None, components}."""
     from .loss import build_loss
 
@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = OneLineParser(prog="python -m deep_components.selfcheck", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))
-    ap.add_argument("--mask_mode", default="true", choices=["true", "reference"])
+    ap.add_argument("--mask_mode", default="per_slot",
+                    choices=["per_slot", "count_prefix", "true", "reference"])
     a = ap.parse_args(argv)
     spec = get_spec(a.setting)
     short = SHORT.get(spec.name)

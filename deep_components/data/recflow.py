@@ -35,9 +35,11 @@ CATE1_PAD = 2
 REQUEST_COLUMNS = ("request_id", "request_timestamp", "user_id", "device_id", "gender", "age",
                    "province")
 # Column layout of a request_id_dict stage array [n, 8].
-RD_VIDEO, RD_AUTHOR, RD_DURATION, RD_CATE2, RD_UTYPE, RD_UPLOAD_TS, RD_CATE1, RD_EFFECTIVE = range(8)
+(STAGE_VIDEO, STAGE_AUTHOR, STAGE_DURATION, STAGE_CATE2, STAGE_UTYPE, STAGE_UPLOAD_TS, STAGE_CATE1,
+ STAGE_EFFECTIVE) = range(8)
 # Column layout of a seq_effective_50_dict history array [50, 10].
-H_VIDEO, H_AUTHOR, H_CATE2, H_CATE1, H_UTYPE, H_UPLOAD_TS, H_DURATION, H_REQ_TS, H_PLAY, H_REQ_ID = range(10)
+(HIST_VIDEO, HIST_AUTHOR, HIST_CATE2, HIST_CATE1, HIST_UTYPE, HIST_UPLOAD_TS, HIST_DURATION,
+ HIST_REQ_TS, HIST_PLAY, HIST_REQ_ID) = range(10)
 
 
 def _check_range(name: str, values: np.ndarray, valid: np.ndarray | None, upper: int,
@@ -68,7 +70,8 @@ class _Requests:
     vid_span: int
 
 
-def _scan_requests(ap: Path, spec: CascadeSpec, counts: Mapping[str, int], date: str) -> _Requests:
+def _scan_requests(all_stage_path: Path, spec: CascadeSpec, counts: Mapping[str, int],
+                   date: str) -> _Requests:
     """One pass over all_stage in record batches: each request's first-row features (checking
     that a request's columns are constant) and the positive rows' (request, video) -> index."""
     pos_flag = spec.positive_group
@@ -76,7 +79,7 @@ def _scan_requests(ap: Path, spec: CascadeSpec, counts: Mapping[str, int], date:
     firsts: list[dict[str, np.ndarray]] = []      # per batch: its first row of each request
     pos_rid, pos_vid, pos_idx = [], [], []
     n_rows, vid_max = 0, 0
-    for cols in iter_column_batches(ap, wanted):
+    for cols in iter_column_batches(all_stage_path, wanted):
         rid = cols["request_id"]
         if rid.size == 0:
             continue
@@ -86,7 +89,7 @@ def _scan_requests(ap: Path, spec: CascadeSpec, counts: Mapping[str, int], date:
             bad = np.flatnonzero(col != col[first][inverse])
             if bad.size:
                 i = int(bad[0])
-                _conflict(ap, int(rid[i]), name, int(col[first[inverse[i]]]), int(col[i]))
+                _conflict(all_stage_path, int(rid[i]), name, int(col[first[inverse[i]]]), int(col[i]))
         firsts.append({"row": first + n_rows, **{k: cols[k][first] for k in REQUEST_COLUMNS}})
         is_pos = cols[pos_flag] == 1
         pos_rid.append(rid[is_pos])
@@ -95,7 +98,7 @@ def _scan_requests(ap: Path, spec: CascadeSpec, counts: Mapping[str, int], date:
         vid_max = max(vid_max, int(cols["video_id"].max()))
         n_rows += rid.size
     if n_rows == 0:
-        raise DataError(f"{ap}: no rows (empty day {date})")
+        raise DataError(f"{all_stage_path}: no rows (empty day {date})")
     cat = {k: np.concatenate([f[k] for f in firsts]) for k in firsts[0]}
     order = np.lexsort((cat["row"], cat["request_id"]))          # by request, then file order
     cat = {k: v[order] for k, v in cat.items()}
@@ -106,7 +109,7 @@ def _scan_requests(ap: Path, spec: CascadeSpec, counts: Mapping[str, int], date:
         bad = np.flatnonzero(col != col[first][owner])
         if bad.size:
             i = int(bad[0])
-            _conflict(ap, int(cat["request_id"][i]), name, int(col[first[owner[i]]]), int(col[i]))
+            _conflict(all_stage_path, int(cat["request_id"][i]), name, int(col[first[owner[i]]]), int(col[i]))
     vid_span = max(int(counts["video_id"]), vid_max + 1) + 1
     pos_keys = np.concatenate(pos_rid) * vid_span + np.concatenate(pos_vid)
     pos_index = np.concatenate(pos_idx)
@@ -115,45 +118,45 @@ def _scan_requests(ap: Path, spec: CascadeSpec, counts: Mapping[str, int], date:
                      pos_index[order], vid_span)
 
 
-def _conflict(ap: Path, rid: int, name: str, a: int, b: int):
-    raise DataError(f"{ap}: request_id {rid} has conflicting {name} values ({a} and {b}): "
+def _conflict(all_stage_path: Path, rid: int, name: str, a: int, b: int):
+    raise DataError(f"{all_stage_path}: request_id {rid} has conflicting {name} values ({a} and {b}): "
                     "duplicated request id? (every request-level column must be constant within "
                     "a request)")
 
 
-def _fill_candidates(rp: Path, spec: CascadeSpec, req: _Requests, counts: Mapping[str, int],
+def _fill_candidates(request_dict_path: Path, spec: CascadeSpec, req: _Requests, counts: Mapping[str, int],
                      tz: str, missing_index: int, items: np.ndarray, item_mask: np.ndarray,
                      labels: np.ndarray) -> int:
     """Candidate groups from request_id_dict, streamed; returns the missing-positive count."""
     K = spec.group_size
     # per request, so a request handed out twice (the whole-file fallback) is counted once
     missing = np.zeros(req.request_id.shape[0], dtype=np.int64)
-    for rows, values in request_batches(rp, req.request_id):
-        per_request = [v if isinstance(v, Mapping) else _bad_stage(rp, v) for v in values]
+    for rows, values in request_batches(request_dict_path, req.request_id):
+        per_request = [v if isinstance(v, Mapping) else _bad_stage(request_dict_path, v) for v in values]
         for g, group in enumerate(spec.groups):
-            where = f"{rp} [{group}]"
+            where = f"{request_dict_path} [{group}]"
             got, n = first_rows([s.get(group) for s in per_request], 8, K, where, rows)
             valid = np.arange(K)[None, :] < n[:, None]  # [b, K]
-            for name, c in (("video_id", RD_VIDEO), ("author_id", RD_AUTHOR),
-                            ("category_level_two", RD_CATE2), ("upload_type", RD_UTYPE)):
+            for name, c in (("video_id", STAGE_VIDEO), ("author_id", STAGE_AUTHOR),
+                            ("category_level_two", STAGE_CATE2), ("upload_type", STAGE_UTYPE)):
                 _check_range(name, got[..., c], valid, counts[name], where)
-            _check_range("category_level_one", got[..., RD_CATE1], valid,
+            _check_range("category_level_one", got[..., STAGE_CATE1], valid,
                          counts["category_level_one"] + 2, where)
             blk = np.zeros(got.shape, dtype=np.int64)
-            blk[..., 0] = got[..., RD_VIDEO] + 1
-            blk[..., 1] = got[..., RD_AUTHOR] + 1
-            blk[..., 2] = got[..., RD_CATE2] + 1
-            blk[..., 3] = got[..., RD_CATE1]
-            blk[..., 4] = got[..., RD_UTYPE] + 1
+            blk[..., 0] = got[..., STAGE_VIDEO] + 1
+            blk[..., 1] = got[..., STAGE_AUTHOR] + 1
+            blk[..., 2] = got[..., STAGE_CATE2] + 1
+            blk[..., 3] = got[..., STAGE_CATE1]
+            blk[..., 4] = got[..., STAGE_UTYPE] + 1
             if valid.any():
-                blk[valid, 5:8] = calendar_features(got[..., RD_UPLOAD_TS][valid], tz)
+                blk[valid, 5:8] = calendar_features(got[..., STAGE_UPLOAD_TS][valid], tz)
             blk[~valid] = 0
             blk[~valid, 3] = CATE1_PAD
             sl = spec.group_slice(group)
             items[rows, sl] = blk
             item_mask[rows, sl] = valid
             if g == 0:
-                keys = req.request_id[rows][:, None] * req.vid_span + got[..., RD_VIDEO]
+                keys = req.request_id[rows][:, None] * req.vid_span + got[..., STAGE_VIDEO]
                 if req.pos_keys.size:
                     at = np.minimum(np.searchsorted(req.pos_keys, keys), req.pos_keys.size - 1)
                     found = req.pos_keys[at] == keys
@@ -169,33 +172,33 @@ def _fill_candidates(rp: Path, spec: CascadeSpec, req: _Requests, counts: Mappin
     return int(missing.sum())
 
 
-def _fill_histories(hp: Path, req: _Requests, req_ts_ms: np.ndarray, counts: Mapping[str, int],
+def _fill_histories(history_path: Path, req: _Requests, req_ts_ms: np.ndarray, counts: Mapping[str, int],
                     history_len: int, history: np.ndarray, hmask: np.ndarray) -> None:
     """Histories from seq_effective_50_dict, streamed and checked batch by batch."""
-    for rows, hist_list in request_batches(hp, req.request_id):
+    for rows, hist_list in request_batches(history_path, req.request_id):
         try:
             raw = np.stack(hist_list)
         except (ValueError, TypeError):
             shapes = sorted({str(getattr(h, "shape", type(h).__name__)) for h in hist_list})
-            raise DataError(f"{hp}: expected every history to be an array of shape "
+            raise DataError(f"{history_path}: expected every history to be an array of shape "
                             f"[{HISTORY_LEN}, 10], found {', '.join(shapes[:5])}") from None
         if raw.ndim != 3 or raw.shape[1] != HISTORY_LEN or raw.shape[2] < 8:
-            raise DataError(f"{hp}: expected histories of shape [{HISTORY_LEN}, 10], found "
+            raise DataError(f"{history_path}: expected histories of shape [{HISTORY_LEN}, 10], found "
                             f"{raw.shape[1:]}")
         if not np.issubdtype(raw.dtype, np.integer):
-            raise DataError(f"{hp}: expected integer histories, found dtype {raw.dtype}")
+            raise DataError(f"{history_path}: expected integer histories, found dtype {raw.dtype}")
         raw = raw.astype(np.int64, copy=False)
-        _check_history_layout(raw, req_ts_ms[rows], req.request_id[rows], hp)
+        _check_history_layout(raw, req_ts_ms[rows], req.request_id[rows], history_path)
         raw = raw[:, HISTORY_LEN - history_len:]
-        m = raw[..., H_REQ_TS] > 0
-        for name, c in (("video_id", H_VIDEO), ("author_id", H_AUTHOR),
-                        ("category_level_two", H_CATE2), ("upload_type", H_UTYPE)):
-            _check_range(name, raw[..., c], m, counts[name], str(hp))
-        _check_range("category_level_one", raw[..., H_CATE1], m, counts["category_level_one"] + 2,
-                     str(hp))
+        m = raw[..., HIST_REQ_TS] > 0
+        for name, c in (("video_id", HIST_VIDEO), ("author_id", HIST_AUTHOR),
+                        ("category_level_two", HIST_CATE2), ("upload_type", HIST_UTYPE)):
+            _check_range(name, raw[..., c], m, counts[name], str(history_path))
+        _check_range("category_level_one", raw[..., HIST_CATE1], m, counts["category_level_one"] + 2,
+                     str(history_path))
         h = np.zeros((len(rows), history_len, 5), dtype=np.int32)
-        for j, (c, shift) in enumerate(((H_VIDEO, 1), (H_AUTHOR, 1), (H_CATE2, 1), (H_CATE1, 0),
-                                        (H_UTYPE, 1))):
+        for j, (c, shift) in enumerate(((HIST_VIDEO, 1), (HIST_AUTHOR, 1), (HIST_CATE2, 1), (HIST_CATE1, 0),
+                                        (HIST_UTYPE, 1))):
             h[..., j] = np.where(m, raw[..., c] + shift, 0)
         history[rows] = h
         hmask[rows] = m
@@ -212,20 +215,20 @@ def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
     root = layout.check_root(root)
     if not 1 <= history_len <= HISTORY_LEN:
         raise ValueError(f"history_len must be in 1..{HISTORY_LEN}, got {history_len}")
-    ap = layout.table_path(root, layout.ALL_STAGE, date)
-    rp = layout.pickle_path(root, layout.REQUEST_DICT_DIR, date)
-    hp = layout.pickle_path(root, layout.HISTORY_DIR, date)
+    all_stage_path = layout.table_path(root, layout.ALL_STAGE, date)
+    request_dict_path = layout.pickle_path(root, layout.REQUEST_DICT_DIR, date)
+    history_path = layout.pickle_path(root, layout.HISTORY_DIR, date)
     counts = read_id_counts(root)
 
     # ---- request-level features: first row of each request -------------------------------
-    req = _scan_requests(ap, spec, counts, date)
+    req = _scan_requests(all_stage_path, spec, counts, date)
     R = req.request_id.shape[0]
     context = np.zeros((R, 8), dtype=np.int32)
     req_ts_ms = req.first["request_timestamp"]
     context[:, :3] = calendar_features(req_ts_ms // 1000, tz)
     for j, name in enumerate(("user_id", "device_id", "gender", "age", "province")):
         v = req.first[name]
-        _check_range(name, v, None, counts[name], f"{ap}")
+        _check_range(name, v, None, counts[name], f"{all_stage_path}")
         context[:, 3 + j] = v + 1
 
     # ---- candidate groups from request_id_dict --------------------------------------------
@@ -235,17 +238,17 @@ def build_day_arrays(root: str | os.PathLike, date: str, spec: CascadeSpec, *,
     item_mask = np.zeros((R, N), dtype=bool)
     labels = np.zeros((R, N), dtype=np.int16)
     stats: dict[str, Any] = {"requests": int(R), "tz": tz}
-    stats["missing_positive"] = _fill_candidates(rp, spec, req, counts, tz, missing_index, items,
-                                                 item_mask, labels)
+    stats["missing_positive"] = _fill_candidates(request_dict_path, spec, req, counts, tz,
+                                                 missing_index, items, item_mask, labels)
     if stats["missing_positive"]:
         log.warning("%s: %d positive %s videos have no %s row in %s; they get index %d (label %d)",
-                    date, stats["missing_positive"], spec.positive_group, spec.positive_group, ap,
+                    date, stats["missing_positive"], spec.positive_group, spec.positive_group, all_stage_path,
                     missing_index, LABEL_BASE - missing_index)
 
     # ---- histories from seq_effective_50_dict ---------------------------------------------
     history = np.zeros((R, history_len, 5), dtype=np.int32)
     hmask = np.zeros((R, history_len), dtype=bool)
-    _fill_histories(hp, req, req_ts_ms, counts, history_len, history, hmask)
+    _fill_histories(history_path, req, req_ts_ms, counts, history_len, history, hmask)
     stats["empty_history"] = int((~hmask.any(axis=1)).sum())
     stats["padded_slots"] = int((~item_mask).sum())
     return DayData(date=date, spec_name=spec.name, request_id=req.request_id.astype(np.int64),
@@ -257,14 +260,14 @@ def _check_history_layout(raw: np.ndarray, req_ts_ms: np.ndarray, request_id: np
                           path: Path) -> None:
     """Histories are left-padded zero rows (valid rows, column 7 > 0, a contiguous suffix) of
     views no later than the request.  Anything else is a corrupt or foreign file."""
-    valid = raw[..., H_REQ_TS] > 0                                        # [R, 50]
+    valid = raw[..., HIST_REQ_TS] > 0                                        # [R, 50]
     n = valid.sum(axis=1)
     problems = (
         (valid != (np.arange(raw.shape[1])[None, :] >= raw.shape[1] - n[:, None])).any(axis=1),
         "valid rows (column 7 > 0) are not a contiguous suffix (histories are left-padded)",
         (raw[~valid] != 0).any(axis=-1) if (~valid).any() else np.zeros(0, bool),
         "a padded row (column 7 <= 0) holds non-zero values",
-        (np.where(valid, raw[..., H_REQ_TS], 0) > req_ts_ms[:, None]).any(axis=1),
+        (np.where(valid, raw[..., HIST_REQ_TS], 0) > req_ts_ms[:, None]).any(axis=1),
         "a history view is later than the request itself",
     )
     for bad, what in zip(problems[::2], problems[1::2]):

@@ -26,7 +26,7 @@ class ARFLoss(SortingLoss):
     STAGE_OPTIONS = {"support": 0}
     CUTOFF_OPTIONS = ("support",)
 
-    def __init__(self, spec, mask_mode: str = "true", **options):
+    def __init__(self, spec, mask_mode: str = "per_slot", **options):
         super().__init__(spec, mask_mode, **options)
         self.support = list(self.opts["support"] or spec.quotas)
         self.weights = UncertaintyWeights(spec.num_stages)

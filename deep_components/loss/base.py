@@ -20,7 +20,19 @@ from torch import Tensor, nn
 if TYPE_CHECKING:                 # losses never import the spec registry
     from ..spec import CascadeSpec
 
-MASK_MODES = ("true", "reference")
+#: padded slots: "per_slot" (each slot's own mask, methods.md §6.2) or "count_prefix" (the
+#: reference's prefix-from-count behaviour); "true" and "reference" are the older spellings
+MASK_MODES = ("per_slot", "count_prefix")
+MASK_MODE_ALIASES = {"true": "per_slot", "reference": "count_prefix"}
+
+
+def canonical_mask_mode(mode: str) -> str:
+    """A mask mode's name ("per_slot" or "count_prefix"), whichever spelling it was given in."""
+    mode = MASK_MODE_ALIASES.get(mode, mode)
+    if mode not in MASK_MODES:
+        raise ValueError(f"mask_mode must be one of {MASK_MODES} (or {tuple(MASK_MODE_ALIASES)}), "
+                         f"got {mode!r}")
+    return mode
 
 
 def did_you_mean(name: str, valid) -> str:
@@ -39,8 +51,8 @@ class CascadeLoss(nn.Module):
     boundary).  ``CUTOFF_OPTIONS`` take whole numbers in [gt_num, N] (cut-offs of the ranking),
     ``SLOT_OPTIONS`` whole numbers in [1, N] (numbers of slots); a symbolic value (a string such
     as "gt" or "quota") or None is the method's own to resolve.  User options override the
-    spec's.  ``mask_mode`` is "true" (per-slot mask,
-    methods.md §6.2) or "reference" (the reference's prefix-from-count behaviour).
+    spec's.  ``mask_mode`` is "per_slot" (each slot's own mask, methods.md §6.2) or
+    "count_prefix" (the reference's prefix-from-count behaviour); ``per_slot`` says which.
     """
 
     OPTIONS: ClassVar[dict[str, Any]] = {}
@@ -52,10 +64,9 @@ class CascadeLoss(nn.Module):
     SLOT_OPTIONS: ClassVar[tuple[str, ...]] = ()
     name: ClassVar[str] = "?"
 
-    def __init__(self, spec: CascadeSpec, mask_mode: str = "true", **options: Any):
+    def __init__(self, spec: CascadeSpec, mask_mode: str = "per_slot", **options: Any):
         super().__init__()
-        if mask_mode not in MASK_MODES:
-            raise ValueError(f"mask_mode must be one of {MASK_MODES}, got {mask_mode!r}")
+        mask_mode = canonical_mask_mode(mask_mode)
         given = spec.method_options.get(self.name, {})
         for source, opts in ((f"cascade spec {spec.name!r} method_options", given), ("", options)):
             unknown = [k for k in opts if k not in self.OPTIONS]
@@ -72,6 +83,7 @@ class CascadeLoss(nn.Module):
                              "docs/methods.md §10)")
         self.spec = spec
         self.mask_mode = mask_mode
+        self.per_slot = mask_mode == "per_slot"
         self.opts = {**self.OPTIONS, **given, **options}
         for k, offset in self.STAGE_OPTIONS.items():
             v, want = self.opts[k], spec.num_stages + offset
@@ -137,9 +149,10 @@ def sort_masks(labels: Tensor, mask: Tensor, mode: str) -> SortMasks:
     n = labels.shape[-1]
     count = mask.sum(-1)                                                     # [B]
     prefix = torch.arange(n, device=mask.device)[None, :] < count[:, None]   # [B, N] 1[i < c]
-    slot = mask if mode == "true" else prefix
+    per_slot = canonical_mask_mode(mode) == "per_slot"
+    slot = mask if per_slot else prefix
     pair = (prefix.unsqueeze(-1) & slot.unsqueeze(-2)).to(labels.dtype)    # rows: 1[p <= c]
-    sort_labels = labels * mask.to(labels.dtype) if mode == "true" else labels
+    sort_labels = labels * mask.to(labels.dtype) if per_slot else labels
     return SortMasks(count, slot.to(labels.dtype), pair, sort_labels)
 
 

@@ -8,7 +8,7 @@ list, natural-log discount), and for slots i, j with d = |r_i - r_j|:
     W_ij = sg(|ĝ_i - ĝ_j| ((1 - μ) u_ij + μ v_ij))
     stage = (1/B) Σ_b Σ_{i,j} W_ij BCE(s_i - s_j, 1[ℓ_i > ℓ_j])         (all ordered pairs)
 
-n* = 30, μ = 0.8.  mask_mode "true": labels ℓ·m, padded slots ranked last, pairs with a padded
+n* = 30, μ = 0.8.  mask_mode "per_slot": labels ℓ·m, padded slots ranked last, pairs with a padded
 slot weighted 0, normaliser unchanged.
 """
 from __future__ import annotations
@@ -46,16 +46,15 @@ class FSLambdaLoss(CascadeLoss):
     SLOT_OPTIONS = ("top_n",)
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
-        true_mode = self.mask_mode == "true"
         m = mask.to(labels.dtype)
-        lab = labels * m if true_mode else labels
+        lab = labels * m if self.per_slot else labels
         target = (lab.unsqueeze(-1) > lab.unsqueeze(-2)).to(labels.dtype)
         out: dict = {}
         total = 0.0
         for t, s in enumerate(logits):
-            ranked = s.masked_fill(~mask, float("-inf")) if true_mode else s
+            ranked = s.masked_fill(~mask, float("-inf")) if self.per_slot else s
             W = pair_weights(ranked, lab, self.opts["top_n"], self.opts["mu"])
-            if true_mode:
+            if self.per_slot:
                 W = W * m.unsqueeze(-1) * m.unsqueeze(-2)
             diff = s.unsqueeze(-1) - s.unsqueeze(-2)
             stage = (W * F.binary_cross_entropy_with_logits(diff, target, reduction="none")).sum() / s.shape[0]

@@ -6,7 +6,7 @@
 
 Two-stage: anchors weighted by their mask, Z_a = number of valid anchors of group a in the batch.
 Three-stage: no mask at all, Z_a = 10 B.  (``anchor_mask`` is the per-setting switch.)
-mask_mode "true" also zeroes pairs with a padded opponent (and, in three-stage, padded anchors),
+mask_mode "per_slot" also zeroes pairs with a padded opponent (and, in three-stage, padded anchors),
 keeps the fixed normalisers, and skips a group with no valid anchor in the batch.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ class FSRankNetLoss(CascadeLoss):
     SETTING_OPTIONS = ("anchor_mask",)
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
-        spec, true_mode = self.spec, self.mask_mode == "true"
+        spec, per_slot = self.spec, self.per_slot
         g, G = spec.group_size, spec.num_groups
         m = mask.to(labels.dtype)
         B = labels.shape[0]
@@ -38,13 +38,13 @@ class FSRankNetLoss(CascadeLoss):
                 w_anchor = m[:, a * g:(a + 1) * g]
                 if self.opts["anchor_mask"]:
                     weight, norm = w_anchor, w_anchor.sum()
-                    if true_mode:          # an empty group adds exactly 0 (§6.2.5): its weights are
+                    if per_slot:          # an empty group adds exactly 0 (§6.2.5): its weights are
                         norm = norm.clamp(min=1)      # all 0, and a count >= 1 is kept as it is
                 else:
-                    weight = w_anchor if true_mode else None
+                    weight = w_anchor if per_slot else None
                     norm = g * B
                 pair = pair * weight.unsqueeze(-1) if weight is not None else pair
-                if true_mode:
+                if per_slot:
                     pair = pair * m[:, (a + 1) * g:].unsqueeze(1)
                 stage = stage + pair.sum() / (opp.shape[1] * norm)
             out[self.stage_key("ranknet", t)] = component(stage)

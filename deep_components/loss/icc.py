@@ -7,7 +7,7 @@ logistic loss over the slot order (docs/methods.md §4.2).
     loss  = (1 / (B N²)) Σ_b Σ_{i<j} BCE(E_i - E_j, 1[ℓ_i > ℓ_j])
 
 Cut-offs k_t and multipliers c_t are per-stage, per-setting options (30, 30 / 40, 30, 30 and
-1, 1 / 1, 2, 4).  mask_mode "true" gives zero weight to pairs with a padded slot and uses ℓ·m.
+1, 1 / 1, 2, 4).  mask_mode "per_slot" gives zero weight to pairs with a padded slot and uses ℓ·m.
 """
 from __future__ import annotations
 
@@ -40,11 +40,11 @@ class ICCLoss(CascadeLoss):
             keep = ind if t == T - 1 else 1.0 - ind
             ensemble = ensemble + mult[t] * survive * keep * s
             survive = survive * ind
-        lab = labels * mask.to(labels.dtype) if self.mask_mode == "true" else labels
+        lab = labels * mask.to(labels.dtype) if self.per_slot else labels
         diff = ensemble.unsqueeze(-1) - ensemble.unsqueeze(-2)                # [B, i, j] E_i - E_j
         target = (lab.unsqueeze(-1) > lab.unsqueeze(-2)).to(labels.dtype)
         weight = torch.ones(N, N, dtype=labels.dtype, device=labels.device).triu(1)
-        if self.mask_mode == "true":
+        if self.per_slot:
             m = mask.to(labels.dtype)
             weight = weight * m.unsqueeze(-1) * m.unsqueeze(-2)
         terms = F.binary_cross_entropy_with_logits(diff, target, reduction="none") * weight

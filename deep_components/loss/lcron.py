@@ -9,7 +9,7 @@ sums), y / ȳ the top-10 / tail mass of the label matrix Λ:
     loss       = Σ_t 0.5/w_t² · L_single,t + L_e2e + ln Π_t w_t
 
 Λ is the soft label matrix in two-stage and thresholded (> 0.001, hard) in three-stage, as the
-spec says.  In mask_mode "true" both L_e2e terms are also multiplied by the slot mask.
+spec says.  In mask_mode "per_slot" both L_e2e terms are also multiplied by the slot mask.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ class LCRONLoss(SortingLoss):
     STAGE_OPTIONS = {"fixed_weights": 0}
     CUTOFF_OPTIONS = ("k", "e2e_k")
 
-    def __init__(self, spec, mask_mode: str = "true", **options):
+    def __init__(self, spec, mask_mode: str = "per_slot", **options):
         super().__init__(spec, mask_mode, **options)
         o = self.opts
         if o["terms"] not in TERMS:
@@ -88,7 +88,7 @@ class LCRONLoss(SortingLoss):
         if o["terms"] != "single":
             neg_w = (1.0 - y).clamp(0.0, 1.0)
             per_slot = -torch.log(joint_in + eps) * y - torch.log(1.0 - joint_out + eps) * neg_w
-            if self.mask_mode == "true":
+            if self.per_slot:
                 per_slot = per_slot * mask.to(labels.dtype)
             le2e = (per_slot.sum(-1) / n).mean()
             out["e2e"] = component(le2e)

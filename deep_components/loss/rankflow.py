@@ -12,7 +12,7 @@ With y = 1[slot in group 0] and S_1 = top q_1 slots of s_1:
     loss = Σ bce + mse_weight Σ mse + pair_weight Σ pair
 
 Two-stage: splits (10,), mse 1, pair 0 (α = 0; the pair term is not computed).  Three-stage:
-splits (30, 20), all weights 1.  mask_mode "true": padded slots are -inf for every selection,
+splits (30, 20), all weights 1.  mask_mode "per_slot": padded slots are -inf for every selection,
 terms on padded slots weigh 0 (fixed normalisers kept), pair means over valid slots only.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ class RankFlowLoss(CascadeLoss):
     STAGE_OPTIONS = {"splits": -1}
     CUTOFF_OPTIONS = ("top", "splits")
 
-    def __init__(self, spec, mask_mode: str = "true", **options):
+    def __init__(self, spec, mask_mode: str = "per_slot", **options):
         super().__init__(spec, mask_mode, **options)
         splits = self.opts["splits"]
         if not isinstance(splits, (list, tuple)):
@@ -53,12 +53,11 @@ class RankFlowLoss(CascadeLoss):
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
         spec, o = self.spec, self.opts
-        true_mode = self.mask_mode == "true"
         B, N = labels.shape
         dt = labels.dtype
         y = torch.zeros_like(labels)
         y[:, :spec.group_size] = 1.0
-        valid = mask if true_mode else torch.ones_like(mask)
+        valid = mask if self.per_slot else torch.ones_like(mask)
         w = valid.to(dt)
         out: dict = {}
 

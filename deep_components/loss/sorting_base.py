@@ -21,7 +21,7 @@ class SortingLoss(CascadeLoss):
     SORT_OPTIONS: dict[str, Any] = {"sort": "neural", "label_tau": None, "hard_labels": False,
                                     "threshold": 1e-3, "eps": 1e-6}
 
-    def __init__(self, spec, mask_mode: str = "true", **options):
+    def __init__(self, spec, mask_mode: str = "per_slot", **options):
         super().__init__(spec, mask_mode, **options)
         tau = self.opts["tau"]
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not tau > 0:
