@@ -48,7 +48,7 @@ LOCK = ".lock"
 CONTENTS = {
     CONFIG: "the resolved configuration (days, seed, id counts, vocabulary sizes, loss options, "
             "synthetic marker, data digests, run_key: this training's identity)",
-    ENV: "python/torch/numpy versions, device, threads, kernels, git commit",
+    ENV: "python/torch/numpy versions, device, threads, kernels, git revision",
     LOSS_LOG: "one line per step: loss and its components (e2e, single/<stage>, bce/<stage>, ...)",
     CHECKPOINT: "the full training state for --resume (written every --ckpt_every steps, at every "
                 "day's end and where --max_steps stops)",

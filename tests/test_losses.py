@@ -11,6 +11,8 @@ from deep_components.loss import LOSSES, build_loss
 from deep_components.sorting import label_permutation_matrix, neural_sort, soft_sort
 
 from deep_components.selfcheck import selfcheck_inputs
+from deep_components.specs import FOUR_STAGE, get_spec
+from deep_components.loss import METHODS as REGISTERED, method_order
 
 SPECS = {"two": TWO_STAGE, "three": THREE_STAGE}
 
@@ -277,3 +279,37 @@ def test_selfcheck_command_prints_the_documented_values(setting, capsys):
         assert _close(float(line.split()[2]), EXPECTED[(setting, name)][0], rel=1e-6), line
         g_norm = float(line.split("|g| ")[1].split(",")[0])
         assert _close(g_norm, EXPECTED[(setting, name)][1][0][0], rel=1e-5), line
+
+
+def test_registry_holds_the_papers_methods_in_table_order():
+    assert method_order() == ["bce", "icc", "rankflow", "fs_ranknet", "fs_lambdaloss", "arf",
+                              "arf_v2", "lcron"]
+    assert [REGISTERED[m].display for m in method_order()] == [
+        "BCE", "ICC", "RankFlow", "FS-RankNet", "FS-LambdaLoss", "ARF", "ARF-v2", "LCRON"]
+    assert {m: REGISTERED[m].default_tau for m in REGISTERED if REGISTERED[m].default_tau} == {
+        "arf": 200.0, "arf_v2": 200.0, "lcron": 50.0}
+    assert {m: build_loss(m, get_spec("two_stage")).opts.get("tau") for m in ("arf", "lcron")} == {
+        "arf": 200.0, "lcron": 50.0}
+
+
+def test_a_new_method_is_one_class(monkeypatch):
+    """Registered from outside the package: it builds, gets its display name and is ordered
+    after the paper's methods."""
+    from deep_components.loss import CascadeLoss, register, registry
+
+    monkeypatch.setattr(registry, "LOSSES", dict(registry.LOSSES))
+    monkeypatch.setattr(registry, "METHODS", dict(registry.METHODS))
+
+    @register("listwise_demo", display="Listwise")
+    class Demo(CascadeLoss):
+        OPTIONS = {"tau": 3.0}
+
+        def compute(self, logits, labels, mask):
+            loss = sum(torch.logsumexp(s, -1).mean() for s in logits)
+            return {"loss": loss}
+
+    assert registry.method_order()[-1] == "listwise_demo"
+    assert registry.METHODS["listwise_demo"].default_tau == 3.0
+    loss = registry.build_loss("listwise_demo", FOUR_STAGE)
+    out = loss([torch.zeros(2, 50)] * 4, torch.zeros(2, 50), torch.ones(2, 50, dtype=torch.bool))
+    assert float(out["loss"]) == pytest.approx(4 * math.log(50))      # logsumexp of 50 zeros

@@ -7,6 +7,8 @@ import pytest
 import torch
 
 from deep_components.models import DIN, DSSM, MLP
+from deep_components import kernels
+from deep_components.models import _PairAttention
 
 RECFLOW = dict(user_id=42_472, device_id=42_561, age=8, gender=3, province=79,
                video_id=82_216_301, author_id=33_474_011, category_level_one=140,
@@ -91,3 +93,81 @@ def test_padding_rows_zero_and_never_trained(cls):
     assert (t["category_level_one"].weight[2] == 0).all()     # cate1's padding row is 2
     assert (t["category_level_one"].weight[0] != 0).any()     # row 0 is a real, trained row
     assert t["weekday"].weight.shape == (9, 8) and t["minute"].weight.shape == (62, 8)
+
+
+@pytest.mark.parametrize("cls", [DIN, MLP])
+def test_split_first_layer_matches_concatenation(cls):
+    torch.manual_seed(0)
+    split = cls(SMALL).double()
+    concat = copy.deepcopy(split)
+    concat.split_input = False
+    batch = _batch()
+    a, b = split(*batch), concat(*batch)
+    assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    a.sin().sum().backward()
+    b.sin().sum().backward()
+    for (n, p), q in zip(split.named_parameters(), concat.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=0, atol=1e-12), n
+
+
+def test_masked_logit_stays_fp32_under_fp16_autocast():
+    """DIN's attention logits and their mask value are float32 under autocast (the mask value
+    -(2**30 - 1) would overflow fp16), and its attention kernel runs in float32."""
+    from deep_components.models import DIN
+
+    torch.manual_seed(0)
+    counts = {k: 50 for k in ("user_id", "device_id", "gender", "age", "province", "video_id",
+                              "author_id", "category_level_one", "category_level_two", "upload_type")}
+    din = DIN(counts)
+    B, H, N = 3, 6, 4
+    ctx = torch.randint(1, 5, (B, 8), dtype=torch.int32)
+    hist = torch.randint(1, 20, (B, H, 5), dtype=torch.int32)
+    mask = torch.zeros(B, H, dtype=torch.bool)
+    mask[:, 3:] = True
+    items = torch.randint(1, 7, (B, N, 8), dtype=torch.int32)
+    seen = []
+    real = din.attention_logits
+    din.attention_logits = lambda *a: seen.append(real(*a)) or seen[-1]
+    before = kernels.get_mode()
+    try:
+        for mode in ("native", "torch"):
+            if mode == "native" and kernels.native_library() is None:
+                continue
+            kernels.set_mode(mode)
+            with torch.autocast("cpu", dtype=torch.float16):
+                out = din(ctx, hist, mask, items)
+            assert torch.isfinite(out).all() and seen[-1].dtype == torch.float32
+    finally:
+        kernels.set_mode(before)
+
+
+def test_the_cuda_attention_path_equals_the_cpu_paths(monkeypatch):
+    """The CUDA path (contiguous request slices over all H rows, no host index) gives the values
+    and gradients of the sorted-chunk path, float64 to 1e-12; taken on the CPU here."""
+
+    g = torch.Generator().manual_seed(0)
+    B, N, H, D = 11, 5, 9, 6
+    q, h = torch.randn(B, N, D, generator=g, dtype=torch.float64), torch.randn(B, H, D, generator=g, dtype=torch.float64)
+    w = torch.randn(D, generator=g, dtype=torch.float64)
+    lengths = torch.tensor([1, 9, 3, 5, 9, 2, 7, 4, 8, 6, 1])
+    valid = (torch.arange(H) >= H - lengths[:, None])[:, None, :].expand(B, N, H)
+    grad = torch.randn(B, N, H, generator=g, dtype=torch.float64) * valid
+
+    def run():
+        qq, hh, ww = (t.clone().requires_grad_() for t in (q, h, w))
+        out = _PairAttention.apply(qq, hh, ww, lengths, 4)
+        return (out, *torch.autograd.grad(out, (qq, hh, ww), grad))
+
+    before = kernels.get_mode()
+    kernels.set_mode("torch")
+    try:
+        ref = run()
+        monkeypatch.setattr(_PairAttention, "slices_on_cpu", True)
+        monkeypatch.setattr(_PairAttention, "DEVICE_SLICE_ELEMENTS", 3 * N * H * D)   # 4 slices
+        assert len(_PairAttention._slices(q, h)) == 4
+        dev = run()
+    finally:
+        kernels.set_mode(before)
+    assert (dev[0][~valid] == 0).all()       # the sorted path leaves padded rows unspecified
+    for a, b in zip((ref[0] * valid, *ref[1:]), dev):
+        assert a.abs().max() > 0.1 and (a - b).abs().max() <= 1e-12

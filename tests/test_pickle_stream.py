@@ -15,7 +15,7 @@ from deep_components.specs import THREE_STAGE, TWO_STAGE
 from deep_components.data import DataError, build_day_arrays
 from deep_components.data import pickle_stream, tables
 from deep_components.data.pickle_stream import SharedObject, iter_pickled_items
-from raw_files import released_utils
+from helpers import released_utils
 
 DAY = "2024-01-14"
 

@@ -13,7 +13,7 @@ from deep_components.data import default_split, list_days
 from deep_components.data.synthetic import RECFLOW_ID_COUNTS, generate, preset_params
 from deep_components.data.synthetic.__main__ import main
 
-from raw_files import read_raw_day
+from helpers import read_raw_day
 
 STAGES = ("realshow", "rerank_pos", "rerank_neg", "rank_pos", "rank_neg", "coarse_neg",
           "prerank_neg")

@@ -2,21 +2,18 @@
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
 import torch
 
 from deep_components.specs import get_spec
-from deep_components.config import RunConfig, validate
+from deep_components.config import RunConfig
 from deep_components.data import load_day, read_id_counts
 from deep_components.data.vocab import (COMPACT_FIELDS, LOCATIONS, Vocabulary, build_vocabulary,
                                         load_vocabulary)
-from deep_components.embedding_init import fill_table, row_normals
-from deep_components.models import DSSM
+from deep_components.embedding_init import row_normals
 from deep_components.evaluation import evaluate_run
-from deep_components.errors import UsageError
 from deep_components.run_folder import RunFolder
 from deep_components.models import build_models
 from deep_components.training import train
@@ -30,49 +27,6 @@ def _splitmix(x: int) -> int:
     x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
     x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
     return x ^ (x >> 31)
-
-
-def _normal_by_hand(seed: int, tower: int, field: str, key: int, j: int) -> float:
-    import zlib
-
-    c = 0
-    for part in (seed, tower, zlib.crc32(field.encode())):
-        c = _splitmix(c ^ part)
-    h = _splitmix((_splitmix((key & M64) ^ c) + j * 0x9E3779B97F4A7C15) & M64)
-    u1 = ((h >> 32) + 0.5) / 2 ** 32
-    u2 = ((h & 0xFFFFFFFF) + 0.5) / 2 ** 32
-    return math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2)
-
-
-def test_row_normals_by_hand_and_independent_of_table_size():
-    z = row_normals(30, 1, "video_id", np.array([5, -1, 82_216_302]), 3)
-    for i, key in enumerate((5, -1, 82_216_302)):
-        for j in range(3):
-            assert z[i, j] == pytest.approx(_normal_by_hand(30, 1, "video_id", key, j), abs=1e-6)
-    small, big = torch.empty(10, 4), torch.empty(3000, 4)
-    fill_table(small, 3, 0, "author_id", padding_idx=0)
-    fill_table(big, 3, 0, "author_id", padding_idx=0)
-    assert torch.equal(small[1:], big[1:10]) and not small[0].any()
-    keys = np.array([0, -1, 7, 2999])
-    sparse = torch.empty(4, 4)
-    fill_table(sparse, 3, 0, "author_id", keys, padding_idx=0)
-    assert torch.equal(sparse[2], big[7]) and torch.equal(sparse[3], big[2999])
-    other = torch.empty(10, 4)
-    fill_table(other, 3, 1, "author_id")             # another tower: another stream
-    assert not torch.equal(other[1:], small[1:])
-    many = row_normals(0, 0, "video_id", np.arange(200_000), 8)
-    assert abs(many.mean()) < 0.01 and abs(many.std() - 1) < 0.01
-
-
-def test_building_towers_consumes_no_torch_randomness():
-    ids = dict(user_id=50, device_id=50, age=8, gender=3, province=79, video_id=300, author_id=60,
-               category_level_one=12, category_level_two=40, upload_type=8)
-    torch.manual_seed(0)
-    a = DSSM(ids)
-    torch.manual_seed(0)
-    b = DSSM(ids | {"video_id": 90_000})
-    assert torch.equal(a.user_tower[0].weight, b.user_tower[0].weight)
-    assert torch.equal(a.emb.tables["video_id"].weight, b.emb.tables["video_id"].weight[:302])
 
 
 def test_vocabulary_maps_and_counts():
@@ -162,43 +116,6 @@ def test_unknown_ids_are_counted_in_metrics(tiny_root, tmp_path):
     assert m["unknown_ids"]["user_id"] > 0 and m["unknown_ids"]["gender"] == 0
     saved = json.loads((run / "metrics.json").read_text())
     assert saved["unknown_ids"] == m["unknown_ids"] and saved["test_day"] == DAYS[3]
-
-
-def test_lazy_adam_equals_adam_on_the_first_step_then_leaves_untouched_rows(tiny_root, tmp_path):
-    runs = {}
-    for opt in ("adam", "lazy_adam"):
-        for steps in (1, 3):
-            cfg = _cfg(tiny_root, tmp_path / f"{opt}{steps}", "two_stage", "lcron",
-                       emb_optimizer=opt, max_steps=steps, ckpt_every=0)
-            runs[opt, steps] = RunFolder(train(cfg)).load_towers(torch.device("cpu"))[0]
-    for a, b in zip(runs["adam", 1], runs["lazy_adam", 1]):
-        for k, v in a.state_dict().items():     # step 1: untouched rows have m = v = 0 in both
-            assert torch.allclose(v, b.state_dict()[k], rtol=0, atol=1e-6), k
-    moved = 0
-    for a, b, a1 in zip(runs["adam", 3], runs["lazy_adam", 3], runs["adam", 1]):
-        wa, wb = a.emb.tables["video_id"].weight, b.emb.tables["video_id"].weight
-        moved += int((~torch.isclose(wa, wb, rtol=0, atol=1e-7)).any(-1).sum())
-    assert moved > 0                            # dense Adam keeps moving rows with momentum
-    log = tmp_path / "lazy_adam3" / "two_stage" / "lcron" / "run-5" / "loss_log.jsonl"
-    assert len(log.read_text().splitlines()) == 3
-
-
-def test_lazy_adam_is_refused_under_nccl(tiny_root, monkeypatch):
-    import deep_components.distributed as D
-
-    monkeypatch.setattr(D, "_CONTEXT", D.DistContext(rank=0, world=2, backend="nccl"))
-    cfg = RunConfig(data_dir=str(tiny_root), emb_optimizer="lazy_adam", device="cpu", batch_size=32)
-    with pytest.raises(UsageError, match="NCCL cannot all-reduce"):
-        validate(cfg)
-    monkeypatch.setattr(D, "_CONTEXT", D.DistContext(rank=0, world=2, backend="gloo"))
-    validate(cfg)
-
-
-def test_resume_refuses_a_checkpoint_of_another_vocabulary_mode(tiny_root, tmp_path):
-    cfg = _cfg(tiny_root, tmp_path, "two_stage", "bce", max_steps=4, ckpt_every=2)
-    train(cfg)
-    with pytest.raises(UsageError, match="vocab: checkpoint 'compact', this run 'full'"):
-        train(RunConfig(**{**cfg.to_dict(), "vocab": "full", "resume": True, "max_steps": None}))
 
 
 def test_build_models_compact_sizes(tiny_root):

@@ -20,8 +20,8 @@ from deep_components.run_folder import RunFolder
 from deep_components.evaluation import evaluate_run
 from deep_components.errors import TrainingError, UsageError
 from deep_components.training import train
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 
 KILLER = textwrap.dedent("""
     import os, signal, sys
@@ -249,3 +249,10 @@ def test_corrupt_towers_file_is_a_clear_error(tiny_root, tmp_path):
     (run_dir / "towers.pt").write_bytes(b"not a torch file")
     with pytest.raises(UsageError, match=r"towers.pt: cannot load the trained towers"):
         evaluate_run(_cfg(tiny_root, tmp_path))
+
+
+def test_resume_refuses_a_checkpoint_of_another_vocabulary_mode(tiny_root, tmp_path):
+    cfg = _cfg(tiny_root, tmp_path, method="bce", max_steps=4, ckpt_every=2)
+    train(cfg)
+    with pytest.raises(UsageError, match="vocab: checkpoint 'compact', this run 'full'"):
+        train(RunConfig(**{**cfg.to_dict(), "vocab": "full", "resume": True, "max_steps": None}))

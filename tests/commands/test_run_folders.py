@@ -8,8 +8,6 @@ import os
 import resource
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,26 +21,9 @@ from deep_components.run_folder import RunLock
 from deep_components.errors import UsageError
 from deep_components.training import train
 
-REPO = Path(__file__).resolve().parent.parent
 TRAIN = "deep_components/run_train2.py"
 TEST = "deep_components/run_test2.py"
-
-
-def _cli(args, cwd=REPO, env=None, preexec=None):
-    base = {k: v for k, v in os.environ.items() if k != "DATA_DIR"}
-    return subprocess.run([sys.executable] + [str(a) for a in args], cwd=cwd, capture_output=True,
-                          text=True, timeout=300, preexec_fn=preexec,
-                          env={**base, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **(env or {})})
-
-
-def _one_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stderr[-1500:])
-    lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith("WARNING")]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-1500:]
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
+from helpers import REPO, cli, one_error
 
 
 def _train_args(root, run_dir, *extra):
@@ -54,8 +35,8 @@ def _train_args(root, run_dir, *extra):
 def trained(tiny_root, tmp_path_factory):
     """One finished, tested run folder (two-stage BCE)."""
     run = tmp_path_factory.mktemp("runs") / "run"
-    assert _cli(_train_args(tiny_root, run, "--loss_type", "bce")).returncode == 0
-    assert _cli([TEST, "--run_dir", run, "--device", "cpu"]).returncode == 0
+    assert cli(*_train_args(tiny_root, run, "--loss_type", "bce")).returncode == 0
+    assert cli(TEST, "--run_dir", run, "--device", "cpu").returncode == 0
     return run
 
 
@@ -65,14 +46,14 @@ def test_towers_must_fit_the_data(trained, tmp_path, more):
     other = tmp_path / "other"
     p = preset_params("tiny", days=4, videos=3000 if more else 1000, users=400 if more else 150)
     generate(other, p, seed=5, verbose=False)
-    r = _cli([TEST, "--run_dir", trained, "--data_dir", other, "--device", "cpu"])
-    _one_error(r, str(trained), str(other), "trained on another dataset", "video_id")
+    r = cli(TEST, "--run_dir", trained, "--data_dir", other, "--device", "cpu")
+    one_error(r, str(trained), str(other), "trained on another dataset", "video_id")
     assert json.loads((trained / "metrics.json").read_text())["data_dir"] != str(other)
 
 
 # 2. run_test defaults to the run's own data folder ------------------------------------------
 def test_run_test_uses_the_runs_data_folder(trained, tiny_root, tmp_path):
-    r = _cli([REPO / TEST, "--run_dir", trained, "--device", "cpu"], cwd=tmp_path)
+    r = cli(REPO / TEST, "--run_dir", trained, "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-1500:]
     assert json.loads((trained / "metrics.json").read_text())["data_dir"] == str(tiny_root)
 
@@ -85,23 +66,23 @@ def test_run_test_uses_the_runs_data_folder(trained, tiny_root, tmp_path):
 ])
 def test_run_test_validates_flags(trained, flags, needle):
     before = (trained / "metrics.json").read_text()
-    _one_error(_cli([TEST, "--run_dir", trained, "--device", "cpu", *flags]), needle)
+    one_error(cli(TEST, "--run_dir", trained, "--device", "cpu", *flags), needle)
     assert (trained / "metrics.json").read_text() == before
 
 
 def test_training_day_needs_an_explicit_flag(trained):
-    r = _cli([TEST, "--run_dir", trained, "--device", "cpu", "--test_day", "2024-01-14",
+    r = cli(*[TEST, "--run_dir", trained, "--device", "cpu", "--test_day", "2024-01-14",
               "--allow_train_day"])
     assert r.returncode == 0, r.stderr[-1500:]
     assert json.loads((trained / "metrics.json").read_text())["test_day"] == "2024-01-14"
-    assert _cli([TEST, "--run_dir", trained, "--device", "cpu"]).returncode == 0   # back to its day
+    assert cli(TEST, "--run_dir", trained, "--device", "cpu").returncode == 0   # back to its day
 
 
 # 4. a run that would train zero steps -------------------------------------------------------
 def test_zero_steps_is_an_error(tiny_root, tmp_path):
     run = tmp_path / "run"
-    r = _cli([TRAIN, "--data_dir", tiny_root, "--run_dir", run, "--no_progress", "--device", "cpu"])
-    _one_error(r, "--batch_size 1024 is larger than every training day", "300..300 requests")
+    r = cli(TRAIN, "--data_dir", tiny_root, "--run_dir", run, "--no_progress", "--device", "cpu")
+    one_error(r, "--batch_size 1024 is larger than every training day", "300..300 requests")
     assert not run.exists()
 
 
@@ -109,21 +90,21 @@ def test_zero_steps_is_an_error(tiny_root, tmp_path):
 def test_a_locked_run_folder_is_refused(tiny_root, tmp_path):
     run = tmp_path / "run"
     with RunLock(run):
-        r = _cli(_train_args(tiny_root, run))
-        _one_error(r, f"{run}: in use by another process (pid {os.getpid()})")
+        r = cli(*_train_args(tiny_root, run))
+        one_error(r, f"{run}: in use by another process (pid {os.getpid()})")
         with pytest.raises(UsageError, match="in use by another process"):
             RunLock(run).acquire()
-    assert _cli(_train_args(tiny_root, run, "--max_steps", "2")).returncode == 0
+    assert cli(*_train_args(tiny_root, run, "--max_steps", "2")).returncode == 0
 
 
 # 6. no stale results ------------------------------------------------------------------------
 def test_existing_results_need_resume_or_overwrite(trained, tiny_root, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
-    _one_error(_cli(_train_args(tiny_root, run, "--lr", "0.05")), "already holds a run",
+    one_error(cli(*_train_args(tiny_root, run, "--lr", "0.05")), "already holds a run",
                "--resume", "--overwrite")
     assert json.loads((run / "config.json").read_text())["lr"] == 0.01
-    r = _cli(_train_args(tiny_root, run, "--lr", "0.05", "--overwrite", "--max_steps", "3"))
+    r = cli(*_train_args(tiny_root, run, "--lr", "0.05", "--overwrite", "--max_steps", "3"))
     assert r.returncode == 0, r.stderr[-1500:]
     assert json.loads((run / "config.json").read_text())["lr"] == 0.05
     assert not (run / "metrics.json").exists()              # the old metrics went first
@@ -140,10 +121,10 @@ def test_results_of_another_training_are_never_used(trained, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     cfg["run_key"], cfg["lr"] = "another-training", 0.05     # a retrain that died after config.json
     (run / "config.json").write_text(json.dumps(cfg))
-    r = _cli(["-m", "deep_components.collect", "--runs_root", root, "--setting", "two_stage"])
+    r = cli("-m", "deep_components.collect", "--runs_root", root, "--setting", "two_stage")
     assert "warning:" in r.stderr and "skipped" in r.stderr and str(run / "metrics.json") in r.stderr
     assert load_metrics(root, "two_stage") == []
-    _one_error(_cli([TEST, "--run_dir", run, "--device", "cpu"]),
+    one_error(cli(TEST, "--run_dir", run, "--device", "cpu"),
                "towers.pt: comes from another training than")
 
 
@@ -152,7 +133,7 @@ def test_a_truncated_later_day_stops_before_training(tiny_copy, tmp_path):
     f = tiny_copy / "all_stage" / "2024-01-15.feather"
     f.write_bytes(f.read_bytes()[:5000])
     run = tmp_path / "run"
-    _one_error(_cli(_train_args(tiny_copy, run)), "2024-01-15.feather")
+    one_error(cli(*_train_args(tiny_copy, run)), "2024-01-15.feather")
     assert not run.exists()
 
 
@@ -165,7 +146,7 @@ def test_bad_flags_leave_no_run_folder(tiny_root, tmp_path, flags, needle):
     (tmp_path / "FILE").write_text("x")
     flags = [str(tmp_path / "FILE") if x == "FILE" else x for x in flags]
     run = tmp_path / "run"
-    _one_error(_cli(_train_args(tiny_root, run, *flags)), needle)
+    one_error(cli(*_train_args(tiny_root, run, *flags)), needle)
     assert not run.exists()
 
 
@@ -181,8 +162,8 @@ def test_file_size_limit_is_one_line_and_leaves_no_temporary_file(tiny_root, tmp
     def limit():
         resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
 
-    r = _cli(_train_args(tiny_root, run, "--cache_dir", cache), preexec=limit)
-    _one_error(r, "checkpoint.pt: cannot write the checkpoint", "File too large")
+    r = cli(*_train_args(tiny_root, run, "--cache_dir", cache), preexec=limit)
+    one_error(r, "checkpoint.pt: cannot write the checkpoint", "File too large")
     assert not [p for p in run.iterdir() if p.name.endswith(".tmp") or p.name.startswith(".tmp-")]
 
 
@@ -219,21 +200,21 @@ def test_malicious_towers_message(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     torch.save({"models": [_Evil()]}, run / "towers.pt")
-    line = _one_error(_cli([TEST, "--run_dir", run, "--device", "cpu"]),
+    line = one_error(cli(TEST, "--run_dir", run, "--device", "cpu"),
                       "towers.pt: refused to load the trained towers", "posix.system")
     assert "weights_only" not in line and not Path("/tmp/lcron-pwned-by-towers").exists()
 
 
 # 10. smaller --------------------------------------------------------------------------------
 def test_small_usage_faults_are_one_line(trained, tiny_root, tmp_path):
-    _one_error(_cli(_train_args(tiny_root, tmp_path / "a", "--loss_opt", "terms")),
+    one_error(cli(*_train_args(tiny_root, tmp_path / "a", "--loss_opt", "terms")),
                "--loss_opt expects NAME=VALUE")
-    _one_error(_cli(_train_args(tiny_root, tmp_path / "b", "--sort", "bogus")), "--sort",
+    one_error(cli(*_train_args(tiny_root, tmp_path / "b", "--sort", "bogus")), "--sort",
                "invalid choice")
     run = tmp_path / "run"
     shutil.copytree(trained, run)
     (run / "config.json").write_text("{broken")
-    _one_error(_cli([TEST, "--run_dir", run, "--device", "cpu"]), f"{run / 'config.json'}: unreadable")
+    one_error(cli(TEST, "--run_dir", run, "--device", "cpu"), f"{run / 'config.json'}: unreadable")
 
 
 @pytest.mark.parametrize("content", ["{broken", json.dumps({"foo": 1})])
@@ -242,7 +223,7 @@ def test_collect_names_a_bad_metrics_file(trained, tmp_path, content):
     run = root / "two_stage" / "bce" / "run-30"
     shutil.copytree(trained, run)
     (run / "metrics.json").write_text(content)
-    _one_error(_cli(["-m", "deep_components.collect", "--runs_root", root, "--setting", "two_stage"]),
+    one_error(cli("-m", "deep_components.collect", "--runs_root", root, "--setting", "two_stage"),
                str(run / "metrics.json"))
 
 
@@ -262,42 +243,6 @@ def test_every_day_is_converted_first_even_with_a_cached_vocabulary(tiny_root, t
         assert [p for p in (cache / "two_stage" / d).iterdir() if not p.name.startswith(".")]
 
 
-def test_spearman_against_the_papers_ordering():
-    from deep_components.paper import PAPER_JOINT_RECALL, rho_vs_paper, spearman
-
-    paper = PAPER_JOINT_RECALL["two_stage"]
-    assert rho_vs_paper(paper, "two_stage") == (1.0, 8)
-    reversed_ = {k: -v for k, v in paper.items()}
-    assert rho_vs_paper(reversed_, "two_stage")[0] == pytest.approx(-1.0)
-    # by hand: ranks (1, 2, 3, 4) vs (2, 1, 4, 3): d² = 4, ρ = 1 - 6·4 / (4·15) = 0.6
-    assert spearman({"a": 1, "b": 2, "c": 3, "d": 4}, {"a": 2, "b": 1, "c": 4, "d": 3}) == (pytest.approx(0.6), 4)
-    assert rho_vs_paper(paper, "four_stage") is None
-
-
-def test_compare_tables_two_worlds_against_the_paper(tmp_path):
-    from deep_components.collect import compare, main as collect_main
-    from deep_components.paper import PAPER_JOINT_RECALL
-
-    paper = PAPER_JOINT_RECALL["two_stage"]
-    worlds = {"world-a": dict(paper), "world-b": {k: -v for k, v in paper.items()}}
-    worlds["world-b"].pop("icc")                        # a method a world has no runs of
-    for world, joint in worlds.items():
-        for method, value in joint.items():
-            for run_id, delta in ((30, 0.001), (31, -0.001)):
-                run = tmp_path / world / "two_stage" / method / f"run-{run_id}"
-                run.mkdir(parents=True)
-                key = f"{world}{method}{run_id}"
-                (run / "config.json").write_text(json.dumps({"run_key": key}))
-                (run / "metrics.json").write_text(json.dumps(
-                    {"method": method, "joint_recall": value + delta, "stages": {}, "run_key": key}))
-    md = compare([tmp_path / "world-a", tmp_path / "world-b"], "two_stage")
-    assert "| method | paper (RecFlow) | world-a | world-b |" in md
-    assert "| LCRON | 0.8732 (1) | 0.8732 (1) | -0.8732 (7) |" in md     # last of 7 there
-    assert "| ICC | 0.8132 (7) | 0.8132 (7) | – |" in md
-    assert md.splitlines()[-1] == "| Spearman ρ vs paper | +1.000 | +1.000 | -1.000 |"
-    assert collect_main(["--compare", str(tmp_path / "nowhere"), "--setting", "two_stage"]) == 2
-
-
 def test_a_run_folder_written_before_the_rename_still_evaluates(trained, tmp_path):
     """config.json and towers.pt of older versions call the method ``loss_type``."""
     import shutil
@@ -313,7 +258,7 @@ def test_a_run_folder_written_before_the_rename_still_evaluates(trained, tmp_pat
     state["meta"]["loss_type"] = state["meta"].pop("method")
     torch.save(state, old / "towers.pt")
     (old / "metrics.json").unlink()
-    r = _cli([TEST, "--run_dir", old, "--device", "cpu"])
+    r = cli(TEST, "--run_dir", old, "--device", "cpu")
     assert r.returncode == 0, r.stderr[-1500:]
     new, ref = (json.loads((d / "metrics.json").read_text()) for d in (old, trained))
     assert new["method"] == "bce" and new["joint_recall"] == ref["joint_recall"]

@@ -22,7 +22,7 @@ from deep_components.data import cache as cache_mod
 from deep_components.data.safe_pickle import safe_load_pickle
 from deep_components.data.timefeat import calendar_features
 
-from raw_files import read_raw_day, released_utils
+from helpers import read_raw_day, released_utils
 
 DAY = "2024-01-14"
 

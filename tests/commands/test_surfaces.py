@@ -4,12 +4,9 @@ Each case goes through the real entry point and ends in exit status 2 with one `
 naming the flag or file, or in the correct result (the numbers are those of the issue's list)."""
 from __future__ import annotations
 
-import ast
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,34 +14,11 @@ import torch
 
 from deep_components.config import RunConfig
 from deep_components.data.synthetic import generate, preset_params
-from deep_components.run_folder import CONTENTS, RunFolder, RunLock
+from deep_components.run_folder import RunFolder, RunLock
 from deep_components.training import train
 
-REPO = Path(__file__).resolve().parent.parent
 pytest.importorskip("faiss")
-
-
-def _cli(*args, cwd=REPO, env=None):
-    base = {k: v for k, v in os.environ.items() if k != "DATA_DIR"}
-    return subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
-                          timeout=300, env={**base, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-                                            **(env or {})})
-
-
-def _one_error(r, *needles):
-    assert r.returncode == 2, (r.returncode, r.stdout[-800:], r.stderr[-1500:])
-    lines = [x for x in r.stderr.splitlines() if x.strip() and not x.startswith("WARNING")]
-    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr[-1500:]
-    assert "Traceback" not in r.stderr
-    for n in needles:
-        assert n in lines[0], (n, lines[0])
-    return lines[0]
-
-
-def _ok(r):
-    assert r.returncode == 0, (r.stdout[-800:], r.stderr[-1500:])
-    assert "Traceback" not in r.stderr
-    return r
+from helpers import cli, ok, one_error
 
 
 def _cfg(root, run_dir, setting="two_stage", **kw):
@@ -93,7 +67,7 @@ def _copy(run, tmp_path, name="copy"):
 
 # ---------------------------------------------------------------------------- serve (1-11)
 def test_s1_two_settings_are_two_tables(runs):
-    r = _ok(_cli(*SERVE, "--run_dir", runs["a"], runs["c"], "--max_requests", "40", "--device", "cpu"))
+    r = ok(cli(*SERVE, "--run_dir", runs["a"], runs["c"], "--max_requests", "40", "--device", "cpu"))
     out = r.stdout
     assert "**two_stage, day 2024-01-16, keep [500, 10]" in out
     assert "**three_stage, day 2024-01-16, keep [500, 100, 10]" in out
@@ -102,15 +76,15 @@ def test_s1_two_settings_are_two_tables(runs):
 
 
 def test_s2_the_same_folder_twice_is_refused(runs, tmp_path):
-    _one_error(_cli(*SERVE, "--run_dir", runs["a"], Path(runs["a"]) / ".." / runs["a"].name,
+    one_error(cli(*SERVE, "--run_dir", runs["a"], Path(runs["a"]) / ".." / runs["a"].name,
                     "--device", "cpu"), "given twice")
     copy = _copy(runs["a"], tmp_path)                 # a copied folder: the same training
-    _one_error(_cli(*SERVE, "--run_dir", runs["a"], copy, "--max_requests", "8", "--device", "cpu"),
+    one_error(cli(*SERVE, "--run_dir", runs["a"], copy, "--max_requests", "8", "--device", "cpu"),
                f"--run_dir {copy}: the same training as {runs['a']}")
 
 
 def test_s3_a_tagged_ablation_is_its_own_row(runs):
-    r = _ok(_cli(*SERVE, "--run_dir", runs["a"], runs["a31"], runs["e2e"], "--max_requests", "40",
+    r = ok(cli(*SERVE, "--run_dir", runs["a"], runs["a31"], runs["e2e"], "--max_requests", "40",
                  "--device", "cpu", *KEEP2))
     rows = [x for x in r.stdout.splitlines() if x.startswith("| LCRON")]
     assert [x.split(" | ")[0] for x in rows] == ["| LCRON", "| LCRON [e2e]"]
@@ -122,17 +96,17 @@ def test_s3_a_tagged_ablation_is_its_own_row(runs):
 def test_s4_towers_of_another_training_are_refused(runs, tmp_path):
     copy = _copy(runs["a"], tmp_path)
     shutil.copy(runs["c"] / "towers.pt", copy / "towers.pt")
-    _one_error(_cli(*SERVE, "--run_dir", copy, "--device", "cpu"),
+    one_error(cli(*SERVE, "--run_dir", copy, "--device", "cpu"),
                "towers.pt: comes from another training than")
     assert not (copy / "catalogue_metrics.json").exists()
 
 
 def test_s5_other_data_says_so(runs, other_root, tmp_path):
     run = _copy(runs["a"], tmp_path)
-    _ok(_cli(*SERVE, "--run_dir", run, "--max_requests", "40", "--device", "cpu", *KEEP2))
+    ok(cli(*SERVE, "--run_dir", run, "--max_requests", "40", "--device", "cpu", *KEEP2))
     own = json.loads((run / "catalogue_metrics.json").read_text())
     assert own["own_data"] is True
-    r = _ok(_cli(*SERVE, "--run_dir", run, "--data_dir", other_root, "--max_requests", "40",
+    r = ok(cli(*SERVE, "--run_dir", run, "--data_dir", other_root, "--max_requests", "40",
                  "--device", "cpu", *KEEP2))
     assert f"on {other_root}: NOT the run's own data" in r.stdout
     m = json.loads((run / "catalogue_metrics.json").read_text())
@@ -142,9 +116,9 @@ def test_s5_other_data_says_so(runs, other_root, tmp_path):
 
 def test_s6_overwrite_removes_the_catalogue_metrics(runs, tiny_root, tmp_path):
     run = _copy(runs["a"], tmp_path)
-    _ok(_cli(*SERVE, "--run_dir", run, "--max_requests", "8", "--device", "cpu", *KEEP2))
+    ok(cli(*SERVE, "--run_dir", run, "--max_requests", "8", "--device", "cpu", *KEEP2))
     assert (run / "catalogue_metrics.json").is_file()
-    _ok(_cli(*TRAIN, "--data_dir", tiny_root, "--run_dir", run, "--batch_size", "64", "--max_steps",
+    ok(cli(*TRAIN, "--data_dir", tiny_root, "--run_dir", run, "--batch_size", "64", "--max_steps",
              "2", "--no_progress", "--device", "cpu", "--overwrite"))
     assert not (run / "catalogue_metrics.json").exists()
     assert sorted(RunFolder(run).holds()) == sorted(
@@ -155,7 +129,7 @@ def test_s6_overwrite_removes_the_catalogue_metrics(runs, tiny_root, tmp_path):
 def test_s7_a_folder_in_use_is_not_served(runs, tmp_path):
     run = _copy(runs["a"], tmp_path)
     with RunLock(run):                                   # as a training process holds it
-        _one_error(_cli(*SERVE, "--run_dir", run, "--device", "cpu"),
+        one_error(cli(*SERVE, "--run_dir", run, "--device", "cpu"),
                    f"{run}: in use by another process (pid {os.getpid()})")
         with pytest.raises(Exception, match="in use by another process"):
             from deep_components.serve import Cascade
@@ -175,7 +149,7 @@ def test_s7_a_folder_in_use_is_not_served(runs, tmp_path):
 def test_s8_s9_serve_flags_are_checked_first(runs, flags, needle):
     if flags[0] == "--device" and torch.cuda.is_available():
         pytest.skip("a CUDA machine")
-    _one_error(_cli(*SERVE, "--run_dir", runs["a"], *flags), needle)
+    one_error(cli(*SERVE, "--run_dir", runs["a"], *flags), needle)
 
 
 def test_s10_a_config_without_data_dir_is_one_line(runs, tmp_path):
@@ -183,45 +157,45 @@ def test_s10_a_config_without_data_dir_is_one_line(runs, tmp_path):
     cfg = json.loads((run / "config.json").read_text())
     del cfg["data_dir"]
     (run / "config.json").write_text(json.dumps(cfg))
-    _one_error(_cli(*SERVE, "--run_dir", run, "--device", "cpu"), "config.json: not a run "
+    one_error(cli(*SERVE, "--run_dir", run, "--device", "cpu"), "config.json: not a run "
                "configuration of this program (missing ['data_dir'])")
-    _one_error(_cli(*EVAL, "--run_dir", run, "--device", "cpu"), "missing ['data_dir']")
+    one_error(cli(*EVAL, "--run_dir", run, "--device", "cpu"), "missing ['data_dir']")
 
 
 def test_s11_a_training_day_needs_the_opt_in(runs, tmp_path):
     run = _copy(runs["a"], tmp_path)
-    _one_error(_cli(*SERVE, "--run_dir", run, "--day", "2024-01-14", "--device", "cpu"),
+    one_error(cli(*SERVE, "--run_dir", run, "--day", "2024-01-14", "--device", "cpu"),
                "--day 2024-01-14 is one of the run's training days", "--allow_train_day")
     assert not (run / "catalogue_metrics.json").exists()
-    _ok(_cli(*SERVE, "--run_dir", run, "--day", "2024-01-14", "--allow_train_day",
+    ok(cli(*SERVE, "--run_dir", run, "--day", "2024-01-14", "--allow_train_day",
              "--max_requests", "8", "--device", "cpu", *KEEP2))
     assert json.loads((run / "catalogue_metrics.json").read_text())["day"] == "2024-01-14"
 
 
 # --------------------------------------------------------------------------- resume (12-16)
 def _train_cli(root, run, *extra):
-    return _cli(*TRAIN, "--data_dir", root, "--run_dir", run, "--batch_size", "64", "--no_progress",
+    return cli(*TRAIN, "--data_dir", root, "--run_dir", run, "--batch_size", "64", "--no_progress",
                 "--device", "cpu", *extra)
 
 
 def test_r12_resume_invalidates_the_earlier_models_results(tiny_root, tmp_path):
     root = tmp_path / "runs"
     run = root / "two_stage" / "lcron" / "run-30"
-    _ok(_train_cli(tiny_root, run, "--max_steps", "5"))
-    _ok(_cli(*EVAL, "--run_dir", run, "--device", "cpu"))
-    _ok(_cli(*SERVE, "--run_dir", run, "--max_requests", "8", "--device", "cpu", *KEEP2))
+    ok(_train_cli(tiny_root, run, "--max_steps", "5"))
+    ok(cli(*EVAL, "--run_dir", run, "--device", "cpu"))
+    ok(cli(*SERVE, "--run_dir", run, "--max_requests", "8", "--device", "cpu", *KEEP2))
     assert {"metrics.json", "catalogue_metrics.json"} <= set(RunFolder(run).holds())
-    _ok(_train_cli(tiny_root, run, "--max_steps", "8", "--resume"))
+    ok(_train_cli(tiny_root, run, "--max_steps", "8", "--resume"))
     assert not {"metrics.json", "catalogue_metrics.json"} & set(RunFolder(run).holds())
     assert json.loads((run / "train_summary.json").read_text())["steps"] == 8
-    r = _cli("-m", "deep_components.collect", "--runs_root", root, "--setting", "two_stage")
-    _one_error(r, "no metrics.json under")                  # nothing stale is reported
+    r = cli("-m", "deep_components.collect", "--runs_root", root, "--setting", "two_stage")
+    one_error(r, "no metrics.json under")                  # nothing stale is reported
 
 
 def test_r13_resume_and_overwrite_contradict(runs, tiny_root, tmp_path):
     run = _copy(runs["a"], tmp_path)
     before = (run / "config.json").read_text()
-    _one_error(_train_cli(tiny_root, run, "--resume", "--overwrite"), "--resume", "--overwrite",
+    one_error(_train_cli(tiny_root, run, "--resume", "--overwrite"), "--resume", "--overwrite",
                "pass one of them")
     assert (run / "config.json").read_text() == before
 
@@ -229,28 +203,28 @@ def test_r13_resume_and_overwrite_contradict(runs, tiny_root, tmp_path):
 def test_r14_resume_with_another_test_day_is_refused(tiny_root, tmp_path):
     run = tmp_path / "run"
     days = ("--train_days", "2024-01-13", "2024-01-14")
-    _ok(_train_cli(tiny_root, run, "--max_steps", "3", *days, "--test_day", "2024-01-16"))
-    _one_error(_train_cli(tiny_root, run, "--resume", *days, "--test_day", "2024-01-15"),
+    ok(_train_cli(tiny_root, run, "--max_steps", "3", *days, "--test_day", "2024-01-16"))
+    one_error(_train_cli(tiny_root, run, "--resume", *days, "--test_day", "2024-01-15"),
                "this command differs from it: test_day: run '2024-01-16', this run '2024-01-15'")
-    _one_error(_train_cli(tiny_root, run, "--resume", "--test_day", "2024-01-15", "--train_days",
+    one_error(_train_cli(tiny_root, run, "--resume", "--test_day", "2024-01-15", "--train_days",
                           "2024-01-13", "2024-01-16"),
                "train_days: checkpoint ['2024-01-13', '2024-01-14'], this run ['2024-01-13', "
                "'2024-01-16']", "test_day: run '2024-01-16', this run '2024-01-15'")
-    _ok(_train_cli(tiny_root, run, "--resume", *days, "--test_day", "2024-01-16", "--max_steps", "5"))
+    ok(_train_cli(tiny_root, run, "--resume", *days, "--test_day", "2024-01-16", "--max_steps", "5"))
 
 
 def test_r15_resume_on_other_data_is_refused_and_the_same_data_moved_is_not(tiny_root, other_root,
                                                                             tmp_path):
     run = tmp_path / "run"
-    _ok(_train_cli(tiny_root, run, "--max_steps", "3"))
+    ok(_train_cli(tiny_root, run, "--max_steps", "3"))
     before = (run / "config.json").read_text()
-    line = _one_error(_train_cli(other_root, run, "--resume"), f"data_dir: run {tiny_root}, this "
+    line = one_error(_train_cli(other_root, run, "--resume"), f"data_dir: run {tiny_root}, this "
                       f"run {other_root}", "id_cnt.pkl differs", "the content of 4 day(s) differs")
     assert "this command differs from it" in line
     assert (run / "config.json").read_text() == before
     moved = tmp_path / "moved"
     shutil.copytree(tiny_root, moved, ignore=shutil.ignore_patterns(".lcron_cache"))
-    _ok(_train_cli(moved, run, "--resume", "--max_steps", "5"))
+    ok(_train_cli(moved, run, "--resume", "--max_steps", "5"))
     saved = json.loads((run / "config.json").read_text())
     assert saved["data_dir"] == str(moved) and saved["run_key"] == json.loads(before)["run_key"]
 
@@ -259,27 +233,27 @@ def test_r16_a_run_stopped_by_max_steps_resumes_exactly(tiny_root, tmp_path):
     """--max_steps 5 (below --ckpt_every) leaves a checkpoint where it stopped; resuming it to 8
     gives the towers and loss log of a run of 8 steps; a finished run says it is finished."""
     part, whole = tmp_path / "part", tmp_path / "whole"
-    _ok(_train_cli(tiny_root, part, "--max_steps", "5"))
+    ok(_train_cli(tiny_root, part, "--max_steps", "5"))
     assert RunFolder(part).load_checkpoint()["position"]["step"] == 5
-    _ok(_train_cli(tiny_root, part, "--max_steps", "8", "--resume"))
-    _ok(_train_cli(tiny_root, whole, "--max_steps", "8"))
+    ok(_train_cli(tiny_root, part, "--max_steps", "8", "--resume"))
+    ok(_train_cli(tiny_root, whole, "--max_steps", "8"))
     a, b = (torch.load(d / "towers.pt", weights_only=True) for d in (part, whole))
     for sa, sb in zip(a["models"], b["models"]):
         assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert [r["loss"] for r in RunFolder(part).read_loss_log()] == \
         [r["loss"] for r in RunFolder(whole).read_loss_log()]
-    _one_error(_train_cli(tiny_root, part, "--max_steps", "8", "--resume"),
+    one_error(_train_cli(tiny_root, part, "--max_steps", "8", "--resume"),
                "--max_steps 8: the run in", "already at step 8")
     done = tmp_path / "done"
-    _ok(_train_cli(tiny_root, done))
+    ok(_train_cli(tiny_root, done))
     assert RunFolder(done).summary()["finished"] is True
-    _one_error(_train_cli(tiny_root, done, "--resume"), "its training is finished (all 3 days, 12 "
+    one_error(_train_cli(tiny_root, done, "--resume"), "its training is finished (all 3 days, 12 "
                "steps): nothing to resume")
 
 
 # ------------------------------------------------------------------------ streaming (17-22)
 def _stream(root, out, *extra, env=None):
-    return _cli(*STREAM, "--setting", "two_stage", "--data_dir", root, "--first_test_day",
+    return cli(*STREAM, "--setting", "two_stage", "--data_dir", root, "--first_test_day",
                 "2024-01-15", "--batch_size", "64", "--no_progress", "--device", "cpu",
                 "--out_dir", out, *extra, env=env)
 
@@ -300,7 +274,7 @@ def test_t17_streaming_applies_threads(tiny_root, tmp_path, monkeypatch):
 
 def test_t18_a_misspelt_method_is_refused_before_training(tiny_root, tmp_path):
     r = _stream(tiny_root, tmp_path, "--methods", "bce", "lcorn")
-    _one_error(r, "unknown loss 'lcorn' (did you mean 'lcron'?)")
+    one_error(r, "unknown loss 'lcorn' (did you mean 'lcron'?)")
     assert "bce run" not in r.stderr and not list(tmp_path.iterdir())
 
 
@@ -308,24 +282,24 @@ def test_t19_an_out_dir_that_is_a_file_is_refused_first(tiny_root, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = _stream(tiny_root, blocker, "--methods", "bce")
-    _one_error(r, f"{blocker}: cannot write the streaming results here")
+    one_error(r, f"{blocker}: cannot write the streaming results here")
     assert "bce run" not in r.stderr and blocker.read_text() == "x"
 
 
 def test_t20_a_batch_larger_than_the_days_is_refused(tiny_root, tmp_path):
     r = _stream(tiny_root, tmp_path / "out", "--methods", "bce", "--batch_size", "5000")
-    _one_error(r, "--batch_size 5000 is larger than every day before the first test day 2024-01-15")
+    one_error(r, "--batch_size 5000 is larger than every day before the first test day 2024-01-15")
 
 
 def test_t21_kernels_native_without_a_compiler_is_refused(tiny_root, tmp_path):
     env = {"PATH": str(tmp_path), "LCRON_KERNEL_DIR": str(tmp_path / "k"), "HOME": str(tmp_path)}
     r = _stream(tiny_root, tmp_path / "out", "--methods", "bce", "--kernels", "native", env=env)
-    _one_error(r, "--kernels native: PyTorch fallback (no C++ compiler")
+    one_error(r, "--kernels native: PyTorch fallback (no C++ compiler")
 
 
 def test_t22_max_steps_caps_the_whole_pass(tiny_root, tmp_path):
     out = tmp_path / "out"
-    _ok(_stream(tiny_root, out, "--methods", "bce", "--max_steps", "1"))
+    ok(_stream(tiny_root, out, "--methods", "bce", "--max_steps", "1"))
     import pandas as pd
 
     df = pd.read_csv(out / "two_stage_streaming_runs.csv")
@@ -353,28 +327,28 @@ COMPARE = ("-m", "deep_components.collect", "--setting", "two_stage", "--compare
 def test_c23_roots_with_one_name_are_two_columns(tmp_path):
     _world(tmp_path / "x" / "runs", {"lcron": 0.5, "bce": 0.4})
     _world(tmp_path / "y" / "runs", {"lcron": 0.3, "bce": 0.6})
-    out = _ok(_cli(*COMPARE, tmp_path / "x" / "runs", tmp_path / "y" / "runs")).stdout
+    out = ok(cli(*COMPARE, tmp_path / "x" / "runs", tmp_path / "y" / "runs")).stdout
     assert "| method | paper (RecFlow) | x/runs | y/runs |" in out
     assert "| 0.5000 (1) | 0.3000 (2) |" in out
-    _one_error(_cli(*COMPARE, tmp_path / "x" / "runs", tmp_path / "x" / "runs"), "given twice")
+    one_error(cli(*COMPARE, tmp_path / "x" / "runs", tmp_path / "x" / "runs"), "given twice")
 
 
 def test_c24_a_root_of_two_datasets_is_refused(tmp_path):
     _world(tmp_path / "w", {"lcron": 0.5})
     _world(tmp_path / "w2", {"bce": 0.4}, data_dir="other")
     shutil.move(tmp_path / "w2" / "two_stage" / "bce", tmp_path / "w" / "two_stage" / "bce")
-    _one_error(_cli(*COMPARE, tmp_path / "w"), "come from different datasets", "other")
+    one_error(cli(*COMPARE, tmp_path / "w"), "come from different datasets", "other")
 
 
 def test_c25_compare_dot_has_a_column_name(tmp_path):
     _world(tmp_path / "here", {"lcron": 0.5})
-    out = _ok(_cli(*COMPARE, ".", cwd=tmp_path / "here")).stdout
+    out = ok(cli(*COMPARE, ".", cwd=tmp_path / "here")).stdout
     assert "| method | paper (RecFlow) | here |" in out
 
 
 def test_c26_compare_takes_methods(tmp_path):
     _world(tmp_path / "w", {"lcron": 0.5, "bce": 0.4, "icc": 0.3})
-    out = _ok(_cli(*COMPARE, tmp_path / "w", "--methods", "lcron", "bce")).stdout
+    out = ok(cli(*COMPARE, tmp_path / "w", "--methods", "lcron", "bce")).stdout
     assert "| LCRON |" in out and "| BCE |" in out and "ICC" not in out
 
 
@@ -389,14 +363,14 @@ def test_c26_compare_takes_methods(tmp_path):
 ])
 def test_e27_evaluate_checks_the_flags_it_does_not_use(runs, tmp_path, flags, needle):
     run = _copy(runs["a"], tmp_path)
-    _one_error(_cli(*EVAL, "--run_dir", run, "--device", "cpu", *flags), needle)
+    one_error(cli(*EVAL, "--run_dir", run, "--device", "cpu", *flags), needle)
     assert not (run / "metrics.json").exists()
 
 
 def test_e27_evaluate_accepts_the_runs_own_training_flags(runs, tmp_path):
     """The paper's test scripts take the training flags: with the run's own values they pass."""
     run = _copy(runs["a"], tmp_path)
-    r = _ok(_cli(*EVAL, "--run_dir", run, "--device", "cpu", "--loss_type", "lcron", "--lr", "0.01",
+    r = ok(cli(*EVAL, "--run_dir", run, "--device", "cpu", "--loss_type", "lcron", "--lr", "0.01",
                  "--batch_size", "64", "--tz", "Asia/Shanghai", "--train_days", "2024-01-14",
                  "2024-01-13", "2024-01-15"))
     assert r.stdout.startswith("lcron (two_stage, run 30, test day 2024-01-16, SYNTHETIC data): "
@@ -406,19 +380,19 @@ def test_e27_evaluate_accepts_the_runs_own_training_flags(runs, tmp_path):
 
 def test_e27_evaluate_on_other_data_says_so(runs, other_root, tmp_path):
     run = _copy(runs["a"], tmp_path)
-    r = _ok(_cli(*EVAL, "--run_dir", run, "--device", "cpu", "--data_dir", other_root))
+    r = ok(cli(*EVAL, "--run_dir", run, "--device", "cpu", "--data_dir", other_root))
     assert f"on {other_root}: NOT the run's own data" in r.stdout
     assert json.loads((run / "metrics.json").read_text())["own_data"] is False
 
 
 def test_d28_the_data_command_checks_tz(tiny_root):
-    _one_error(_cli("-m", "deep_components.data", "--root", tiny_root, "--tz", "Mars/Phobos"),
+    one_error(cli("-m", "deep_components.data", "--root", tiny_root, "--tz", "Mars/Phobos"),
                "--tz 'Mars/Phobos': unknown time zone")
 
 
 def test_sc29_selfcheck_usage_error_is_one_line():
-    r = _cli("-m", "deep_components.selfcheck", "--setting", "bogus")
-    _one_error(r, "--setting: invalid choice: 'bogus'")
+    r = cli("-m", "deep_components.selfcheck", "--setting", "bogus")
+    one_error(r, "--setting: invalid choice: 'bogus'")
 
 
 @pytest.mark.parametrize("setting", ["two_stage", "three_stage"])
@@ -454,30 +428,10 @@ def test_sc29_selfcheck_of_a_setting_without_reference_says_so(capsys):
 
 # ------------------------------------------------------------------------------ kernels (30, 31)
 def test_k30_kernels_help_is_honest():
-    r = _ok(_cli(*TRAIN, "--help"))
+    r = ok(cli(*TRAIN, "--help"))
     text = " ".join(r.stdout.split())
     assert "same values either way" not in text
     assert "bit-identical" in text and "to float rounding" in text
-
-
-def test_k31_a_corrupt_cached_library_is_rebuilt(monkeypatch, tmp_path):
-    from deep_components import kernels
-
-    if kernels._compiler() is None:
-        pytest.skip("no C++ compiler")
-    monkeypatch.setattr(kernels, "_lib", None)
-    monkeypatch.setattr(kernels, "_status", None)
-    monkeypatch.setenv("LCRON_KERNEL_DIR", str(tmp_path))
-    assert kernels.native_library() is not None
-    lib = next(tmp_path.glob("lcron-native-*.so"))
-    good = lib.read_bytes()
-    lib.unlink()                    # a new file: this process still maps the library it loaded
-    lib.write_bytes(good[: len(good) // 3])                     # truncated
-    monkeypatch.setattr(kernels, "_lib", None)
-    monkeypatch.setattr(kernels, "_status", None)
-    kernels.set_mode("auto")
-    assert kernels.native_library() is not None and kernels.describe().startswith("native C++")
-    assert kernels._intact(lib) and len(lib.read_bytes()) == len(good)      # rebuilt whole
 
 
 # ------------------------------------------------------------------------------- docs (32-35)
@@ -485,76 +439,23 @@ def test_doc32_33_serve_help_and_docstring():
     import deep_components.serve as serve
 
     assert "--index exact|ivf|hnsw" in serve.__doc__
-    text = " ".join(_ok(_cli(*SERVE, "--help")).stdout.split())
+    text = " ".join(ok(cli(*SERVE, "--help")).stdout.split())
     assert "--index {exact,ivf,hnsw} faiss index of the retrieval stage" in text
     assert "--device DEVICE auto (cuda if available), cpu, cuda, cuda:N" in text
     assert serve.build_parser().parse_args(["--run_dir", "x"]).device == "auto"
 
 
 def test_doc34_evaluate_help_describes_evaluation():
-    text = " ".join(_ok(_cli(*EVAL, "--help")).stdout.split("options:", 1)[1].split())
+    text = " ".join(ok(cli(*EVAL, "--help")).stdout.split("options:", 1)[1].split())
     assert "--test_day TEST_DAY date (default: the run's own test day)" in text
     assert "training flags (evaluation uses the run's own values; a flag given here must equal " \
            "the run's, or it is an error)" in text
     head, training = text.split("training flags (evaluation")
     assert "--train_days" in training and "--train_days" not in head
     assert "--allow_train_day" in head
-    assert "--allow_train_day" not in _ok(_cli(*TRAIN, "--help")).stdout
-
-
-def test_doc35_readme_lists_every_run_folder_file():
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("## Run folders", 1)[1].split("\n## ", 1)[0]
-    for name in CONTENTS:
-        assert f"  {name}" in section, name
+    assert "--allow_train_day" not in ok(cli(*TRAIN, "--help")).stdout
 
 
 # ------------------------------------------------------------------- one owner of the folder
-RUN_FILE_NAMES = tuple(CONTENTS) + (".lock",)
 
 
-def _string_constants(path: Path):
-    tree = ast.parse(path.read_text())
-    docs = set()
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
-            body = node.body
-            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
-                docs.add(id(body[0].value))
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
-            yield node.lineno, node.value
-
-
-def test_only_the_run_folder_module_names_its_files():
-    """No module but deep_components/run_folder.py (nor a bench script) reads or writes a run
-    folder's files by name: no string in their code (docstrings aside) holds one."""
-    found = []
-    for path in sorted((REPO / "deep_components").rglob("*.py")) + sorted((REPO / "bench").glob("*.py")):
-        if path.name == "run_folder.py" and path.parent.name == "deep_components":
-            continue
-        for line, text in _string_constants(path):
-            found += [f"{path.relative_to(REPO)}:{line}: {name}" for name in RUN_FILE_NAMES
-                      if name in text]
-    assert found == []
-    # and the check itself finds a name where one is written
-    assert any(".lock" in t for _, t in _string_constants(REPO / "deep_components" / "run_folder.py"))
-
-
-def test_day_digest_is_content_and_entries_without_one_get_it(tiny_root, tiny_copy, tmp_path):
-    from deep_components.specs import TWO_STAGE
-    from deep_components.data import load_day
-    from deep_components.data.cache import content_digest
-
-    a = load_day(tiny_root, "2024-01-14", TWO_STAGE, cache_dir=tmp_path / "c1")
-    b = load_day(tiny_copy, "2024-01-14", TWO_STAGE, cache_dir=tmp_path / "c2")  # other path, mtime
-    c = load_day(tiny_root, "2024-01-15", TWO_STAGE, cache_dir=tmp_path / "c1")
-    assert a.stats["content_digest"] == b.stats["content_digest"] == content_digest(a)
-    assert c.stats["content_digest"] != a.stats["content_digest"]
-    meta = next((tmp_path / "c1" / "two_stage" / "2024-01-14").glob("*/meta.json"))
-    m = json.loads(meta.read_text())
-    del m["stats"]["content_digest"]                     # an entry of before the digests
-    meta.write_text(json.dumps(m))
-    again = load_day(tiny_root, "2024-01-14", TWO_STAGE, cache_dir=tmp_path / "c1")
-    assert again.stats["content_digest"] == a.stats["content_digest"]
-    assert json.loads(meta.read_text())["stats"]["content_digest"] == a.stats["content_digest"]

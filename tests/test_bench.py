@@ -1,0 +1,31 @@
+"""The benchmarks that a test can keep from rotting: the device the throughput bench times, the CPU half of the device check."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from helpers import REPO
+
+
+def test_the_throughput_bench_times_its_own_device():
+    src = (REPO / "bench" / "throughput.py").read_text()
+    assert "torch.cuda.synchronize(device)" in src and "reset_peak_memory_stats(device)" in src
+    assert "synchronize()" not in src.replace("synchronize(device)", "")
+
+
+def test_gpu_check_cpu_half(tmp_path):
+    out = tmp_path / "report.md"
+    r = subprocess.run([sys.executable, "bench/gpu_check.py", "--device", "cpu", "--quick",
+                        "--out", str(out), "--work", str(tmp_path / "work")], cwd=REPO,
+                       capture_output=True, text=True, timeout=900,
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    md = out.read_text()
+    for section in ("## Entry points", "## Parity", "## Throughput", "## Host reads per step"):
+        assert section in md, section
+    rows = [x for x in md.splitlines() if x.startswith("| ") and ("| ok |" in x or "| FAILED |" in x)]
+    assert len(rows) >= 9 and all("| ok |" in x for x in rows), "\n".join(rows)
+    parity = next(x for x in md.splitlines() if x.startswith("| max abs difference"))
+    assert float(parity.split("|")[2]) == 0.0            # cpu against cpu: identical
+    reads = [x for x in md.splitlines() if x.startswith("| host reads per step")]
+    assert reads and all(float(x.split("|")[2]) <= 1.0 for x in reads)
