@@ -19,14 +19,7 @@ from deep_components.models import build_models
 from deep_components.training import train
 
 DAYS = ["2024-01-13", "2024-01-14", "2024-01-15", "2024-01-16"]
-M64 = (1 << 64) - 1
 
-
-def _splitmix(x: int) -> int:
-    x = (x + 0x9E3779B97F4A7C15) & M64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & M64
-    return x ^ (x >> 31)
 
 
 def test_vocabulary_maps_and_counts():
