@@ -63,10 +63,10 @@ def read_raw_day(root, date):
     """(all_stage DataFrame, request_id_dict, seq_effective_50_dict) of ``date``."""
     a = pd.read_feather(root / "all_stage" / f"{date}.feather")
     with open(root / "request_id_dict" / f"{date}.pkl", "rb") as f:
-        rd = pickle.load(f)
+        request_dict = pickle.load(f)
     with open(root / "seq_effective_50_dict" / f"{date}.pkl", "rb") as f:
-        hd = pickle.load(f)
-    return a, rd, hd
+        histories = pickle.load(f)
+    return a, request_dict, histories
 
 
 @contextlib.contextmanager
