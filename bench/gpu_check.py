@@ -13,8 +13,8 @@ Sections:
 - **Parity**: 5 steps of LCRON on the CPU and on the device from the same seed: the largest
   absolute difference of any tower parameter.
 - **Throughput** (bench/throughput.py): LCRON and BCE, both settings, fp32 and bf16 on the
-  ``small`` preset (``--quick``: tiny, batch 32, 3 steps): training and evaluation requests/s,
-  peak device memory.
+  ``small`` preset (``--quick``: LCRON two-stage on tiny, batch 32, 3 steps): training and
+  evaluation requests/s, peak device memory.
 - **Host reads per step**: a Trainer's day on the device, counting the reads of tensor values
   by this package (deep_components.syncs.host_reads) and, on CUDA, the synchronisations CUDA
   reports (``torch.cuda.set_sync_debug_mode``), per training step.
@@ -101,8 +101,9 @@ def throughput(device: str, data: Path, quick: bool, env: dict) -> list[dict]:
     rows = []
     for precision in ("fp32", "bf16"):
         out = tempfile.mktemp(suffix=".md")
-        cmd = ["bench/throughput.py", "--data_dir", str(data), "--methods", "lcron", "bce",
-               "--device", device, "--precision", precision, "--out", out]
+        cmd = ["bench/throughput.py", "--data_dir", str(data), "--methods", "lcron",
+               *([] if quick else ["bce"]), "--device", device, "--precision", precision,
+               "--out", out]
         cmd += (["--steps", "3", "--warmup", "1", "--batch_size", "32", "--settings", "two_stage"]
                 if quick else ["--steps", "20"])
         r = subprocess.run([sys.executable, *cmd], cwd=REPO, capture_output=True, text=True, env=env,
