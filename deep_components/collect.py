@@ -98,7 +98,7 @@ def build_table(metrics: list[dict], setting: str) -> pd.DataFrame:
         ms = [m for m in metrics if variant(m) == (method, tag, day)]
         name = (display_name(method) + (f" [{tag}]" if tag else "")
                 + (f" @ {day}" if several_days else ""))
-        row = {"method": name, "runs": len(ms)}
+        row = {"method": name, "runs": len(ms), "_first": sorted(m.get("_path", "") for m in ms)[0]}
         for title, key in cols:
             v = np.array([_value(m, key) for m in ms], dtype=float)
             row[f"{title} mean"] = v.mean()
@@ -116,15 +116,32 @@ def table_title(metrics: list[dict], setting: str) -> str:
     return f"{kind} cascade — {src}, test day {', '.join(map(str, days))}"
 
 
-def to_markdown(df: pd.DataFrame, setting: str, title: str) -> str:
+def to_markdown(df: pd.DataFrame, setting: str, title: str,
+                curves: dict[str, str] | None = None) -> str:
+    """The table; ``curves`` (row name -> path) adds a column linking each row's curves.png."""
     cols = metric_columns(setting)
-    head = ["method"] + [t for t, _ in cols] + ["runs"]
+    head = ["method"] + [t for t, _ in cols] + ["runs"] + (["curves"] if curves else [])
     lines = [f"**{title}** (mean ± std over runs)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
         cells = [r["method"]] + [f"{r[f'{t} mean']:.4f} ± {r[f'{t} std']:.4f}" for t, _ in cols]
-        lines.append("| " + " | ".join(cells + [str(int(r["runs"]))]) + " |")
+        cells.append(str(int(r["runs"])))
+        if curves:
+            cells.append(f"[curves]({curves[r['method']]})" if r["method"] in curves else "–")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def curve_links(df: pd.DataFrame, out: Path) -> dict[str, str]:
+    """Row name -> the curves.png of the row's first run, relative to ``out``."""
+    import os
+
+    links = {}
+    for _, r in df.iterrows():
+        png = RunFolder(r["_first"]).curves_path() if r["_first"] else None
+        if png is not None and png.is_file():
+            links[r["method"]] = os.path.relpath(png, out)
+    return links
 
 
 def mean_joint(metrics: list[dict]) -> dict[str, float]:
@@ -157,15 +174,16 @@ def collect(runs_root: str | Path, setting: str, methods: list[str] | None = Non
         raise FileNotFoundError(f"no {METRICS} under {Path(runs_root) / setting}")
     check_one_dataset(metrics, f"{runs_root}/{setting}")
     df = build_table(metrics, setting)
-    md = to_markdown(df, setting, table_title(metrics, setting))
+    out = Path(out_dir) if out_dir else Path(runs_root)
+    out.mkdir(parents=True, exist_ok=True)
+    md = to_markdown(df, setting, table_title(metrics, setting),
+                     curve_links(df, out) if plot else None)
     rho = ordering_note(metrics, setting)
     if rho:
         md += "\n\n" + rho
-    out = Path(out_dir) if out_dir else Path(runs_root)
-    out.mkdir(parents=True, exist_ok=True)
     stem = f"{setting}_{methods[0]}" if methods and len(methods) == 1 else f"{setting}_results"
     (out / f"{stem}.md").write_text(md + "\n")
-    df.to_csv(out / f"{stem}.csv", index=False, float_format="%.6f")
+    df.drop(columns="_first").to_csv(out / f"{stem}.csv", index=False, float_format="%.6f")
     if plot:
         from .plot import plot_comparison
 

@@ -20,7 +20,10 @@ from typing import Any
 from .kernels import MODES as KERNEL_MODES
 from .run_folder import saved_method
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+#: where data/ and runs/ are by default: the checkout the package runs from (a clone), or the
+#: current folder (an installed package)
+REPO_ROOT = (Path(__file__).resolve().parent.parent
+             if (Path(__file__).resolve().parent.parent / "two_stage").is_dir() else Path.cwd())
 
 
 #: argparse groups of the flags, in --help order
@@ -97,6 +100,8 @@ class RunConfig:
     max_steps: int | None = _flag(None, "stop after this many steps", type=int)
     progress: bool = _flag(True, "no progress bars", "--no_progress", action="store_false")
     threads: int | None = _flag(None, "torch CPU threads", type=int)
+    tensorboard: bool = _flag(True, "write no TensorBoard event files (they are written when "
+                              "tensorboard is installed)", "--no_tensorboard", action="store_false")
     vocab: str = _flag("compact", "embedding tables sized to the ids in the run's days (compact, "
                        "default) or to id_cnt (full); both train to the same rows",
                        choices=["compact", "full"])
@@ -184,10 +189,9 @@ def add_run_flags(ap: argparse.ArgumentParser, with_setting: bool = True,
         kw = dict(meta["argparse"])
         default = kw.pop("cli_default", f.default if f.default is not dataclasses.MISSING
                          else f.default_factory())
-        if f.name == "setting":
-            kw["choices"] = sorted(SPECS)
-        group = meta["group"]
-        help = meta["help"]
+        group, help = meta["group"], meta["help"]
+        if f.name == "setting":               # checked by the registry (files add settings)
+            help = f"{help}; registered: {', '.join(sorted(SPECS))}"
         if action == "evaluate":
             group = "training" if f.name in TRAINING_ONLY else group
             help = meta["eval_help"] or help
@@ -212,10 +216,13 @@ def given_flags(ap: argparse.ArgumentParser, argv: list[str] | None) -> set[str]
 
 
 def config_from_args(a: argparse.Namespace, setting: str | None = None,
-                     for_evaluation: bool = False) -> RunConfig:
+                     for_evaluation: bool = False, file_values: dict | None = None,
+                     given: set[str] | frozenset = frozenset(), source: str = "") -> RunConfig:
     """The RunConfig of parsed flags; ``setting`` fixes the cascade (the per-setting wrappers).
-    The loss options are parsed (NAME=VALUE, Python literals), ``--cuda N`` goes into the
-    device, and the data folder defaults to $DATA_DIR or ./data (run_test: the run's own)."""
+    ``file_values`` (an experiment file's, from ``source``) set what the command line did not
+    (``given``: the flags it named); loss options merge, the command line's winning.  The loss
+    options are parsed (NAME=VALUE, Python literals), ``--cuda N`` goes into the device, and the
+    data folder defaults to $DATA_DIR or ./data (evaluation: the run's own)."""
     from .errors import UsageError
 
     values = {f.name: getattr(a, f.name) for f in dataclasses.fields(RunConfig)
@@ -226,8 +233,16 @@ def config_from_args(a: argparse.Namespace, setting: str | None = None,
             raise UsageError(f"--loss_opt expects NAME=VALUE, got {item!r}")
         k, v = item.split("=", 1)
         opts[k.strip()] = _parse_value(v.strip())
+    for k, v in (file_values or {}).items():
+        if k == "loss_options":
+            opts = {**v, **opts}
+        elif k not in given:
+            values[k] = v
     values["loss_options"] = opts
     if setting is not None:
+        if file_values and file_values.get("setting", setting) != setting:
+            raise UsageError(f"{source}: setting = {file_values['setting']!r}, but this command "
+                             f"is for {setting}")
         values["setting"] = setting
     from .loss.base import canonical_mask_mode
 

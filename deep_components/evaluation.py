@@ -51,6 +51,9 @@ def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> d
             "eval_seconds": round(time.perf_counter() - t0, 3)})
         if context().is_main:
             folder.write_result("metrics", result)
+            events = folder.events(cfg.tensorboard)
+            events.metrics(result, (folder.summary() or {}).get("steps", 0))
+            events.close()
     finally:
         if lock is not None:
             lock.release()

@@ -10,6 +10,8 @@ them true to each other.
           train_summary.json    steps, requests, seconds
           metrics.json          the evaluation of the towers (evaluate)
           catalogue_metrics.json  the full-catalogue evaluation (serve)
+          tensorboard_events/   TensorBoard event files
+          curves.png            the loss terms and learned weights over the steps
 
 Every training writes a fresh ``run_key`` into config.json; towers.pt, train_summary.json and
 every result carry it, and a file whose key differs from config.json's is never used.  A new
@@ -42,6 +44,8 @@ TOWERS = "towers.pt"
 SUMMARY = "train_summary.json"
 METRICS = "metrics.json"
 CATALOGUE_METRICS = "catalogue_metrics.json"
+TENSORBOARD = "tensorboard_events"
+CURVES = "curves.png"
 LOCK = ".lock"
 
 #: every file a run folder can hold, in the order of the listing above, with what it holds
@@ -58,11 +62,14 @@ CONTENTS = {
              "folder and whether it is the run's own data; unknown_ids",
     CATALOGUE_METRICS: "serve: share of the positives each stage keeps over the whole catalogue; "
                        "day, keep, index, data folder",
+    TENSORBOARD: "TensorBoard event files: loss terms, learned weights, requests/s, metrics",
+    CURVES: "the loss terms and learned loss weights over the steps (smoothed)",
 }
 #: result files: each carries the run key of the training it describes
 RESULTS = {"metrics": METRICS, "catalogue_metrics": CATALOGUE_METRICS}
-#: what describes the trained model (removed when a --resume trains it further)
-MODEL_FILES = (TOWERS, SUMMARY, METRICS, CATALOGUE_METRICS)
+#: what describes the trained model (removed when a --resume trains it further; the event
+#: files stay, and the resumed training rewrites them from its checkpoint's step on)
+MODEL_FILES = (TOWERS, SUMMARY, METRICS, CATALOGUE_METRICS, CURVES)
 #: what a config.json must hold to be evaluated or served
 CONFIG_KEYS = ("setting", "run_id", "data_dir", "test_day", "train_days")
 
@@ -191,6 +198,17 @@ class RunFolder:
             self._config = saved
         return self._config
 
+    def spec(self):
+        """The run's cascade spec: the registered one, or the one its config.json stores (a
+        setting defined in an experiment file), registered here."""
+        from .specs import spec_of
+
+        saved = self.config()
+        try:
+            return spec_of(saved["setting"], saved.get("spec"), f"{self._file(CONFIG)}: spec")
+        except ValueError as e:
+            raise UsageError(str(e) if CONFIG in str(e) else f"{self._file(CONFIG)}: {e}") from None
+
     def run_key(self) -> str | None:
         """config.json's run key (None without a readable config.json)."""
         path = self._file(CONFIG)
@@ -237,8 +255,14 @@ class RunFolder:
         return saved.get("run_key")
 
     def _clear(self, names) -> None:
+        import shutil
+
         for name in names:
-            self._file(name).unlink(missing_ok=True)
+            path = self._file(name)
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
 
     def open_loss_log(self, append: bool):
         path = self._file(LOSS_LOG)
@@ -288,6 +312,24 @@ class RunFolder:
 
         save_towers(self._file(TOWERS), models, loss_fn, spec, id_counts, cfg, vocab, run_key)
 
+    def events(self, enabled: bool, purge_step: int | None = None):
+        """The run's TensorBoard writer (watch.Events; a no-op when disabled)."""
+        from .watch import Events
+
+        return Events(self._file(TENSORBOARD), enabled, purge_step)
+
+    def tensorboard_dir(self) -> Path:
+        return self._file(TENSORBOARD)
+
+    def write_curves(self, title: str) -> None:
+        """``curves.png`` from the loss log."""
+        from .watch import plot_curves
+
+        plot_curves(self.read_loss_log(), self._file(CURVES), title)
+
+    def curves_path(self) -> Path:
+        return self._file(CURVES)
+
     def write_summary(self, summary: dict) -> None:
         write_json(self._file(SUMMARY), summary)
 
@@ -318,15 +360,11 @@ class RunFolder:
     def open_trained(self, device: "torch.device", data_dir: str | None = None) -> "TrainedRun":
         """The trained run for evaluation or serving: config.json checked, towers of its
         training, a data folder that exists and whose id counts fit the towers."""
-        from .specs import get_spec
         from .data import read_id_counts
         from .data.id_counts import ID_FIELDS
 
         saved = self.config()
-        try:
-            spec = get_spec(saved["setting"])
-        except ValueError as e:
-            raise UsageError(f"{self._file(CONFIG)}: {e}") from None
+        spec = self.spec()
         own_dir = str(saved["data_dir"])
         data_dir = str(data_dir or own_dir)
         if not Path(data_dir).is_dir():

@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from .spec import CascadeSpec
-from .specs import get_spec
 from .data.catalogue import Catalogue, load_catalogue
 from .data.errors import DataError
 from .data.vocab import LOCATIONS, Vocabulary
@@ -339,7 +338,7 @@ def serve_run(folder: RunFolder, a, device: torch.device, seen_keys: dict) -> di
         seen_keys[key] = str(folder.path)
         day_name = a.day or saved["test_day"]
         check_day(saved, day_name, a.allow_train_day, "--day")
-        spec = get_spec(saved["setting"])
+        spec = folder.spec()
         keep = a.keep or default_keep(spec.num_stages)
         check_keep(keep, spec, 10**18)
         check_index_k(a.index, device, keep[0])

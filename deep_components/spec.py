@@ -114,6 +114,44 @@ class CascadeSpec:
         """Graded labels of the negative groups in slot order, e.g. (7, 6, 5) for two-stage."""
         return tuple(LABEL_BASE - self.negative_index[g] for g in self.groups[1:])
 
+    def to_dict(self) -> dict:
+        """The spec as plain data (JSON, TOML): :meth:`from_dict` makes it again."""
+        return {"name": self.name, "groups": list(self.groups),
+                "stages": [{"name": st.name, "tower": st.tower, "quota": st.quota}
+                           for st in self.stages],
+                "group_size": self.group_size, "gt_num": self.gt_num,
+                "index_column": self.index_column,
+                "method_options": {m: {k: list(v) if isinstance(v, tuple) else v
+                                       for k, v in o.items()}
+                                   for m, o in self.method_options.items()},
+                "negative_index": {g: int(i) for g, i in self.negative_index.items()}}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "spec") -> "CascadeSpec":
+        """A spec from plain data (an experiment file's ``[spec]``, a run's config.json); a
+        ValueError naming ``where`` and the key for anything missing or malformed."""
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{where}: expected a table of the spec's fields, got {type(d).__name__}")
+        known = {"name", "groups", "stages", "group_size", "gt_num", "index_column",
+                 "method_options", "negative_index"}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"{where}: unknown key {unknown[0]!r} (valid: {', '.join(sorted(known))})")
+        for k in ("name", "groups", "stages"):
+            if k not in d:
+                raise ValueError(f"{where}: missing {k!r}")
+        try:
+            stages = tuple(Stage(str(st["name"]), str(st["tower"]), int(st["quota"]))
+                           for st in d["stages"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{where}: each stage needs name, tower and quota ({e})") from None
+        kw = {k: d[k] for k in ("group_size", "gt_num", "index_column") if k in d}
+        options = {m: {k: tuple(v) if isinstance(v, list) else v for k, v in o.items()}
+                   for m, o in dict(d.get("method_options", {})).items()}
+        negative = dict(d.get("negative_index", NEGATIVE_GROUP_INDEX))
+        return cls(name=str(d["name"]), groups=tuple(d["groups"]), stages=stages,
+                   method_options=options, negative_index=negative, **kw)
+
     def fingerprint(self) -> dict:
         """Everything about the spec that shapes the data arrays (used in cache keys)."""
         return {

@@ -46,6 +46,21 @@ def get_spec(name: str) -> CascadeSpec:
                          f"{', '.join(sorted(SPECS))}") from None
 
 
+def spec_of(setting: str, stored: dict | None = None, where: str = "spec") -> CascadeSpec:
+    """The registered spec ``setting``; a spec no code registers is made from ``stored`` (its
+    plain data, e.g. a run folder's config.json or an experiment file) and registered, checked
+    like any other."""
+    if setting in SPECS or stored is None:
+        spec = get_spec(setting)
+        if stored is not None and CascadeSpec.from_dict(stored, where) != spec:
+            raise ValueError(f"{where}: setting {setting!r} is registered with other values")
+        return spec
+    spec = CascadeSpec.from_dict(stored, where)
+    if spec.name != setting:
+        raise ValueError(f"{where}: the spec is named {spec.name!r}, not {setting!r}")
+    return register_spec(spec)
+
+
 def _check_new_method(name: str) -> None:
     for spec in SPECS.values():
         methods.check_method_for_spec(name, spec)

@@ -90,14 +90,19 @@ def plan_stream(cfg: RunConfig, methods: list[str], run_ids: list[int], first: s
     return StreamPlan(spec, root, days, tests, configs, device, read_id_counts(root), data)
 
 
-def run_stream(plan: StreamPlan) -> pd.DataFrame:
+def run_stream(plan: StreamPlan, events_dir: Path | None = None) -> pd.DataFrame:
     """Rows: method, run, test_day, train_days, steps, joint, <stage> recall ... (one per test
     day, method and run).  ``--max_steps`` caps each training pass (later test days then
-    evaluate the model where it stopped: see the ``steps`` column)."""
+    evaluate the model where it stopped: see the ``steps`` column).  ``events_dir``: TensorBoard
+    events per method and run there, one point per test day (x = the number of training days)."""
+    from .watch import Events
+
     rows = []
     for mcfg in plan.configs:
         trainer = Trainer(mcfg, plan.spec, plan.root, plan.id_counts, plan.device,
                           mcfg.resolved_seed(), plan.data.vocab, plan.data.days)
+        events = Events(events_dir / f"{mcfg.method}-run{mcfg.run_id}",
+                        mcfg.tensorboard and events_dir is not None) if events_dir else None
         t0 = time.perf_counter()
         for di, date in enumerate(plan.days):
             if date in plan.tests:
@@ -106,12 +111,16 @@ def run_stream(plan: StreamPlan) -> pd.DataFrame:
                        "train_days": di, "steps": trainer.step, "joint": m["joint_recall"]}
                 row.update({f"{k} recall": v["recall"] for k, v in m["stages"].items()})
                 rows.append(row)
+                if events is not None:
+                    events.metrics(m, di)
                 logging.getLogger("deep_components.streaming").info(
                     "%s run %d %s joint %.4f", mcfg.method, mcfg.run_id, date, m["joint_recall"])
             if date >= plan.tests[-1]:
                 break
             if not trainer.reached_max_steps():
                 trainer.train_day(date, di)
+        if events is not None:
+            events.close()
         print(f"{mcfg.method} run {mcfg.run_id}: {len(plan.tests)} test days in "
               f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return pd.DataFrame(rows)
@@ -161,16 +170,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--first_test_day", required=True)
     ap.add_argument("--last_test_day", default=None)
     ap.add_argument("--out_dir", default=None, help="default <runs_root>/streaming")
+    ap.add_argument("--config", default=None, metavar="FILE",
+                    help="an experiment file (TOML; its [spec] may define the cascade); the "
+                         "command line overrides it")
     a = ap.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     try:
-        cfg = config_from_args(a)
+        if a.config:
+            from .config import given_flags
+            from .experiment import load
+
+            exp = load(a.config)
+            if exp.grid:
+                raise UsageError(f"{a.config}: a grid is for the train command; streaming runs "
+                                 "one configuration (use --methods and --run_ids)")
+            cfg = config_from_args(a, file_values=exp.values, given=given_flags(ap, argv),
+                                   source=exp.source)
+        else:
+            cfg = config_from_args(a)
         out = Path(a.out_dir or Path(cfg.runs_root) / "streaming")
         plan = plan_stream(cfg, a.methods, a.run_ids, a.first_test_day, a.last_test_day)
         ensure_writable(out, "the streaming results")
         stem = f"{cfg.setting}_streaming"
         with results_lock(out, stem):
-            df = run_stream(plan)
+            df = run_stream(plan, out / f"{stem}_tensorboard")
             key = uuid.uuid4().hex
             df.insert(0, "run_key", key)
             synthetic = synthetic_info(cfg.data_dir) is not None

@@ -125,6 +125,8 @@ class Trainer:
         self.requests = 0
         self.skipped = 0
         self.on_checkpoint = None
+        #: called with every batch of log records and the day's requests/s (event files)
+        self.on_records = None
         self.last_checkpoint = "none yet"
 
     def load(self, date: str) -> DayData:
@@ -230,9 +232,16 @@ class Trainer:
                    initial=start_batch, total=len(batches))
         t_day = time.perf_counter()
 
+        done = [0]                                    # batches trained in this call
+
+        def rate() -> float:
+            return done[0] * cfg.batch_size / max(time.perf_counter() - t_day, 1e-9)
+
         def write(records: list[dict]) -> None:
             if log_file is not None:
                 log_file.writelines(json.dumps(r) + "\n" for r in records)
+            if records and self.on_records is not None:
+                self.on_records(records, rate())
 
         try:
             for n, bi in enumerate(bar):
@@ -246,6 +255,7 @@ class Trainer:
                 _, ok, records = self.train_step(feeder[bi], {"step": nxt, "day": date}, read)
                 self.step += 1
                 self.requests += len(batches[bi])
+                done[0] += 1
                 if not ok:
                     records = records or self.read_log()
                     write(records[:-1])
@@ -254,11 +264,10 @@ class Trainer:
                     write([rec])
                 elif records:
                     write(records)
-                    rate = (n + 1) * cfg.batch_size / max(time.perf_counter() - t_day, 1e-9)
-                    bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", req_s=f"{rate:,.0f}")
+                    bar.set_postfix(loss=f"{records[-1]['loss']:.4f}", req_s=f"{rate():,.0f}")
                     if cfg.print_freq:
                         log.info("step %d day %s loss %.5f (%.0f req/s)", self.step, date,
-                                 records[-1]["loss"], rate)
+                                 records[-1]["loss"], rate())
                 if ckpt:
                     if log_file is not None:
                         log_file.flush()
@@ -389,7 +398,10 @@ def train(cfg: RunConfig) -> Path:
     the run fails before training starts."""
     from .config import validate
     from .data.cache import default_cache_dir
+    from .specs import SPECS
 
+    if cfg.resume and cfg.setting not in SPECS and RunFolder(cfg.resolved_run_dir()).has_config():
+        RunFolder(cfg.resolved_run_dir()).spec()     # a setting its experiment file defined
     validate(cfg)
     ctx = context()
     spec = get_spec(cfg.setting)
@@ -465,11 +477,11 @@ def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train
                   id_counts, seed, device, data: PreparedData, updates: dict) -> Path:
     ctx = context()
     vocab = data.vocab
-    start_day, start_batch = 0, 0
+    start_day, start_batch, start_step = 0, 0, 0
     run_key = None
     if ckpt is not None:
         pos = ckpt["position"]
-        start_day, start_batch = pos["day_index"], pos["batch_index"]
+        start_day, start_batch, start_step = pos["day_index"], pos["batch_index"], pos["step"]
         trainer.step, trainer.requests, trainer.skipped = pos["step"], pos["requests"], pos["skipped"]
         trainer.last_checkpoint = f"{folder.checkpoint_path()} (step {pos['step']})"
         if ctx.is_main:
@@ -484,7 +496,8 @@ def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train
                                     "synthetic": synthetic_info(root), "id_counts": id_counts,
                                     "vocab_sizes": vocab.sizes() if vocab is not None else None,
                                     "loss_repr": repr(trainer.loss_fn), "world_size": ctx.world,
-                                    "data_digest": data.digest, "run_key": run_key}
+                                    "data_digest": data.digest, "spec": spec.to_dict(),
+                                    "run_key": run_key}
         for k in ("resume", "overwrite"):    # how this command was called, not what the run is
             resolved.pop(k, None)
         folder.begin_training(resolved, environment(device) | {"world_size": ctx.world,
@@ -501,6 +514,9 @@ def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train
         trainer.last_checkpoint = f"{folder.checkpoint_path()} (step {trainer.step})"
 
     trainer.on_checkpoint = checkpoint
+    events = folder.events(cfg.tensorboard and ctx.is_main,
+                           purge_step=start_step + 1 if ckpt is not None else None)
+    trainer.on_records = lambda records, rate: events.steps(records, rate, cfg.lr)
     t_start = time.perf_counter()
     requests_before = trainer.requests
     log_file = folder.open_loss_log(append=cfg.resume) if ctx.is_main else nullcontext()
@@ -526,9 +542,12 @@ def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train
             if trainer.reached_max_steps():
                 break
     seconds = time.perf_counter() - t_start
+    events.close()
     ctx.barrier()
     if not ctx.is_main:
         return folder.path
+    folder.write_curves(f"{cfg.method} ({spec.name}, run {cfg.run_id}"
+                        f"{', ' + cfg.tag if cfg.tag else ''})")
     folder.save_towers(trainer.models, trainer.loss_fn, spec, id_counts, cfg, vocab, run_key)
     done_requests = trainer.requests - requests_before
     folder.write_summary({
