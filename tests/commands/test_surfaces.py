@@ -123,7 +123,7 @@ def test_s6_overwrite_removes_the_catalogue_metrics(runs, tiny_root, tmp_path):
     assert not (run / "catalogue_metrics.json").exists()
     assert sorted(RunFolder(run).holds()) == sorted(
         ["config.json", "env.json", "loss_log.jsonl", "checkpoint.pt", "towers.pt",
-         "train_summary.json"])
+         "train_summary.json", "curves.png", "tensorboard_events"])
 
 
 def test_s7_a_folder_in_use_is_not_served(runs, tmp_path):
