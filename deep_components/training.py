@@ -39,6 +39,8 @@ from .data.vocab import Vocabulary, load_vocabulary
 from .distributed import context
 from .scoring import evaluate
 from .lazy_adam import LazyAdam
+from .native_adam import NativeAdam, attach_row_grads, attach_step_rows, fast_path, row_grad_of
+from .native_adam import track_rows as touched_rows_masks
 from .loss import build_loss
 from .models import build_models, forward_all
 from .precision import autocast, grad_scaler
@@ -49,24 +51,42 @@ from .files import ensure_writable
 from .process import environment, seed_everything
 
 log = logging.getLogger("deep_components.train")
+#: the parts of a training step the summary times; the first WARMUP_STEPS steps are not counted
+STEP_PARTS = ("forward", "loss", "backward", "finite_check", "optimiser")
+WARMUP_STEPS = 5
 
 def build_optimizers(models: list[nn.Module], loss_fn: nn.Module, lr: float,
-                     emb_optimizer: str = "adam") -> list[torch.optim.Optimizer]:
+                     emb_optimizer: str = "adam", track_rows: bool = True,
+                     row_grads: bool = True) -> list[torch.optim.Optimizer]:
     """One Adam per tower (the paper's recipe), plus one for the loss module's weights.
 
-    ``emb_optimizer="lazy_adam"``: the towers' embedding tables (sparse gradients) get their
-    own :class:`LazyAdam`, which updates the moments and values of the rows a batch touched
-    only; the dense layers keep Adam."""
+    Adam is :class:`NativeAdam`: torch's Adam, bit for bit, in one native pass on the CPU.  With
+    ``track_rows`` (one process: the rows a rank touched are not the rows the all-reduced
+    gradient touches) a tower's large tables are updated on the rows their lookups have used only,
+    and with ``row_grads`` (no gradient scaler, which reads ``.grad``) their gradients are summed
+    into a running buffer instead of a fresh dense tensor per lookup — both the same bits as
+    dense Adam (deep_components.native_adam).  ``emb_optimizer="lazy_adam"``: the towers'
+    embedding tables get lazy Adam, which updates the moments and values of the rows a batch
+    touched only — NativeAdam's lazy step on row gradients (dense tables, ``row_grads``), or
+    :class:`LazyAdam` on sparse gradients (tables built ``sparse``: several processes, a
+    scaler, CUDA); the dense layers keep Adam."""
     opts: list[torch.optim.Optimizer] = []
     for m in models:
         if emb_optimizer == "lazy_adam":
             emb = [p for n, p in m.named_parameters() if n.startswith("emb.")]
             dense = [p for n, p in m.named_parameters() if not n.startswith("emb.")]
-            opts += [torch.optim.Adam(dense, lr=lr), LazyAdam(emb, lr=lr)]
+            sparse = any(t.sparse for t in m.modules() if isinstance(t, nn.Embedding))
+            if sparse or not row_grads or not fast_path()[0]:
+                lazy = LazyAdam(emb, lr=lr)
+            else:
+                lazy = NativeAdam(emb, lr=lr, step_rows=attach_step_rows(m),
+                                  row_grads=attach_row_grads(m))
+            opts += [NativeAdam(dense, lr=lr), lazy]
         else:
-            opts.append(torch.optim.Adam(m.parameters(), lr=lr))
+            masks = touched_rows_masks(m, row_grads=row_grads) if track_rows else None
+            opts.append(NativeAdam(m.parameters(), lr=lr, row_masks=masks, row_grads=row_grad_of(m)))
     if any(True for _ in loss_fn.parameters()):
-        opts.append(torch.optim.Adam(loss_fn.parameters(), lr=lr))
+        opts.append(NativeAdam(loss_fn.parameters(), lr=lr))
     return opts
 
 
@@ -103,9 +123,14 @@ class Trainer:
         self.days = days or {}          # days already opened (prepare_data), by date
         self.dist = context()
         seed_everything(seed)
+        # lazy Adam: sparse gradients (LazyAdam), or, on one CPU process with the native step,
+        # dense tables whose gradients go to row buffers (NativeAdam's lazy step; no scaler)
+        self.scaler = grad_scaler(cfg.precision, device)
+        native_lazy = (device.type == "cpu" and not self.dist.enabled and self.scaler is None
+                       and fast_path()[0])
         self.models = [m.to(device) for m in build_models(
             spec, id_counts, cfg.emb_dim, vocab=vocab, seed=seed,
-            sparse=cfg.emb_optimizer == "lazy_adam")]
+            sparse=cfg.emb_optimizer == "lazy_adam" and not native_lazy)]
         # under torchrun each tower is wrapped in DDP (bucketed gradient all-reduce)
         self.forward_models = self.models
         if self.dist.enabled:
@@ -117,13 +142,17 @@ class Trainer:
                                   **cfg.loss_kwargs()).to(device)
         self.loss_fn.tensor_components = True          # logged in batches, not read every step
         self.precision = cfg.precision
-        self.scaler = grad_scaler(cfg.precision, device)
-        self.optimizers = build_optimizers(self.models, self.loss_fn, cfg.lr, cfg.emb_optimizer)
+        self.optimizers = build_optimizers(self.models, self.loss_fn, cfg.lr, cfg.emb_optimizer,
+                                           track_rows=not self.dist.enabled,
+                                           row_grads=self.scaler is None)
         self.params = [p for o in self.optimizers for g in o.param_groups for p in g["params"]]
         self._pending: list[tuple[dict, dict[str, Any]]] = []    # steps not yet logged
         self.step = 0
         self.requests = 0
         self.skipped = 0
+        #: steady state: seconds of each part of a step after the first WARMUP_STEPS, and the
+        #: requests of those steps (CPU: the parts are exact; on CUDA they are launch times)
+        self.steady = {"steps": 0, "requests": 0} | {k: 0.0 for k in STEP_PARTS}
         self.on_checkpoint = None
         #: called with every batch of log records and the day's requests/s (event files)
         self.on_records = None
@@ -150,6 +179,7 @@ class Trainer:
         if self.scaler is None:
             grads = [p.grad._values() if p.grad.is_sparse else p.grad
                      for p in self.params if p.grad is not None]
+            grads += [g for o in self.optimizers if hasattr(o, "extra_grads") for g in o.extra_grads()]
             if grads:
                 flag = flag & torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
         return flag
@@ -164,13 +194,17 @@ class Trainer:
         every buffered step's values are read in the same transfer as the finite flag and
         returned as records.  So a step waits for the device once.  Every rank runs the backward
         (the gradient all-reduce never waits for a rank that skipped it)."""
+        t = [time.perf_counter()]
         with autocast(self.precision, self.device):
             scores = forward_all(self.forward_models, b)
+        t.append(time.perf_counter())
         out = self.loss_fn([s.float() for s in scores], b["labels"], b["item_mask"])
+        t.append(time.perf_counter())
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
         loss = out["loss"]
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+        t.append(time.perf_counter())
         self.dist.average_grads(self.loss_fn.parameters())
         if self.scaler is not None:
             for opt in self.optimizers:
@@ -183,12 +217,30 @@ class Trainer:
             records = self._records(values)
         else:
             ok, records = self.dist.read_flag_and_mean(flag)[0], []
+        t.append(time.perf_counter())
         if ok:
             for opt in self.optimizers:
                 self.scaler.step(opt) if self.scaler is not None else opt.step()
         if self.scaler is not None:
             self.scaler.update()
+        t.append(time.perf_counter())
+        if self.step >= WARMUP_STEPS:
+            st = self.steady
+            st["steps"] += 1
+            st["requests"] += len(b["labels"])
+            for k, a, z in zip(STEP_PARTS, t, t[1:]):
+                st[k] += z - a
         return out, ok, records
+
+    def steady_summary(self) -> dict:
+        """requests/s and the mean step split (seconds) over the steps after WARMUP_STEPS."""
+        st = self.steady
+        if not st["steps"]:
+            return {}
+        total = sum(st[k] for k in STEP_PARTS)
+        return {"steady_steps": st["steps"],
+                "steady_requests_per_s": round(st["requests"] / total, 1) if total > 0 else None,
+                "step_split_s": {k: round(st[k] / st["steps"], 5) for k in STEP_PARTS}}
 
     def _stacked(self) -> torch.Tensor:
         """The buffered steps' values (loss, then components), float64, in one tensor."""
@@ -558,5 +610,5 @@ def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train
         "checkpoint_seconds": round(sum(ckpt_times), 3), "resumed": cfg.resume,
         "finished": finished,
         "kernels": kernels.selected(),
-        "train_days": train_days})
+        "train_days": train_days} | trainer.steady_summary())
     return folder.path

@@ -1,9 +1,10 @@
 """Native CPU kernels, compiled on first use and loaded with ctypes.
 
 ``native.cpp`` holds DIN's fused attention scores (forward and backward of ``relu(q + h) · w``
-without the [B, N, H, D] hidden layer), the dense gradient of an embedding lookup (the same
-additions in the same order as torch's, without its sort) and Kendall's τ-b per request (the
-same integer counts as deep_components.metrics, without [R, N, N] temporaries).  It is compiled once per machine with
+without the [B, N, H, D] hidden layer), the gradient of an embedding lookup (the same additions
+in the same order as torch's, without its sort; dense, or added into a step's running row
+buffer), Adam's step in one pass (deep_components.native_adam: torch's bits) and Kendall's τ-b
+per request (the same integer counts as deep_components.metrics, without [R, N, N] temporaries).  It is compiled once per machine with
 the system C++ compiler (``$CXX``, else ``c++``/``g++``) at ``-O3 -march=native`` into a cache
 folder (``$LCRON_KERNEL_DIR``, else ``~/.cache/lcron/kernels``), keyed by the source, the
 compiler, the flags and the CPU, with a SHA-256 of the library beside it (``.sha256``); a cached
@@ -37,7 +38,7 @@ from ..errors import UsageError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("native.cpp")
-ABI = 3
+ABI = 4
 MODES = ("auto", "native", "torch")
 BASE_FLAGS = ["-O3", "-std=c++17", "-fopenmp-simd", "-shared", "-fPIC", "-pthread"]
 
@@ -160,8 +161,12 @@ def _load() -> ctypes.CDLL:
     for dt in ("f32", "f64"):
         getattr(lib, f"pair_attention_forward_{dt}").argtypes = [p] * 5 + [i64] * 4 + [c_int]
         getattr(lib, f"pair_attention_backward_{dt}").argtypes = [p] * 9 + [i64] * 4 + [c_int]
-        getattr(lib, f"embedding_backward_{dt}").argtypes = [p] * 3 + [i64] * 4
+        getattr(lib, f"embedding_backward_{dt}").argtypes = [p] * 3 + [i64] * 4 + [p]
     lib.kendall_tau_rows.argtypes = [p] * 4 + [i64] * 2 + [c_int]
+    f32 = ctypes.c_float
+    lib.adam_step_f32.argtypes = [p] * 5 + [i64] * 2 + [c_int] + [f32] * 6 + [p, p, c_int]
+    lib.adam_sqrt_f32.argtypes = [p, p, i64, p]
+    lib.embedding_backward_add_f32.argtypes = [p] * 5 + [i64] * 4 + [c_int, c_int]
     global _status
     _status = f"native C++ ({version}; {path})"
     return lib
@@ -251,16 +256,32 @@ def pair_attention_backward(lib: ctypes.CDLL, q: torch.Tensor, h: torch.Tensor, 
 
 
 def embedding_backward(lib: ctypes.CDLL, grad: torch.Tensor, ids: torch.Tensor, rows: int,
-                       padding_idx: int | None) -> torch.Tensor:
-    """grad [..., dim], ids [...] -> the dense table gradient [rows, dim] (padding row 0)."""
+                       padding_idx: int | None, mark: torch.Tensor | None = None) -> torch.Tensor:
+    """grad [..., dim], ids [...] -> the dense table gradient [rows, dim] (padding row 0);
+    ``mark`` (uint8 [rows]) gets 1 on the rows the gradient reaches."""
     dim = grad.shape[-1]
     grad = grad.reshape(-1, dim).contiguous()
     ids = ids.reshape(-1).to(torch.int64).contiguous()
     out = grad.new_empty(rows, dim)
     fn = lib.embedding_backward_f32 if grad.dtype == torch.float32 else lib.embedding_backward_f64
     fn(_ptr(ids), _ptr(grad), _ptr(out), ids.numel(), rows, dim,
-       -1 if padding_idx is None else padding_idx)
+       -1 if padding_idx is None else padding_idx, None if mark is None else _ptr(mark))
     return out
+
+
+def embedding_backward_add(lib: ctypes.CDLL, grad: torch.Tensor, ids: torch.Tensor,
+                           acc: torch.Tensor, slot: torch.Tensor, padding_idx: int | None,
+                           first: bool, mark: torch.Tensor | None = None) -> None:
+    """Add the table gradient of one lookup (grad [..., dim] float32, ids [...]) into ``acc``
+    [rows, dim], which holds the step's earlier lookups' sum, as torch adds whole gradients;
+    ``slot``: int32 [rows] of -1 (scratch, left as it was); ``mark`` as embedding_backward."""
+    dim = grad.shape[-1]
+    grad = grad.reshape(-1, dim).contiguous()
+    ids = ids.reshape(-1).to(torch.int64).contiguous()
+    lib.embedding_backward_add_f32(_ptr(ids), _ptr(grad), _ptr(acc), _ptr(slot),
+                                   None if mark is None else _ptr(mark), ids.numel(),
+                                   acc.shape[0], dim, -1 if padding_idx is None else padding_idx,
+                                   int(first), torch.get_num_threads())
 
 
 def kendall_tau_rows(lib: ctypes.CDLL, s, lab, m):
