@@ -9,6 +9,11 @@ DEVICE=${DEVICE:-auto}
 RUN_IDS=${RUN_IDS:-"30 31 32 33 34"}
 if compgen -G "$DATA_DIR/all_stage/*.feather" > /dev/null || compgen -G "$DATA_DIR/all_stage/*.parquet" > /dev/null; then
   RUNS_ROOT=${RUNS_ROOT:-$REPO/runs/recflow}
+  # every file the run needs, before anything is converted (seconds; once per launcher chain)
+  if [ "${LCRON_DATA_CHECKED:-}" != "$DATA_DIR" ]; then
+    "$PY" -m deep_components.data --root "$DATA_DIR" --check > /dev/null || exit 2
+    export LCRON_DATA_CHECKED=$DATA_DIR
+  fi
 else
   PRESET=${SYNTH_PRESET:-small}
   SYNTH_DIR=${SYNTH_DIR:-$REPO/data/synthetic/$PRESET}

@@ -1,6 +1,11 @@
-"""Convert RecFlow-layout days into the cache and print a summary.
+"""Convert RecFlow-layout days into the cache and print a summary, or check them first.
 
     python -m deep_components.data --root data/synthetic/small [--setting two_stage] [--days D ...]
+    python -m deep_components.data --root /path/to/RecFlow --check [--days D ...]
+
+``--check`` converts nothing: it lists every missing, empty or unreadable file the run's days
+need, ``others/id_cnt.pkl``'s state and the split's coverage (deep_components.data.check), and
+exits 2 when there is a problem.
 
 Bad input ends in one ``error: ...`` line naming the file, and exit status 2.
 """
@@ -26,7 +31,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--days", nargs="*", help="dates to convert (default: all)")
     ap.add_argument("--tz", default=DEFAULT_TZ, help="time zone of the calendar features")
     ap.add_argument("--cache_dir", default=None, help="cache folder (default <root>/.lcron_cache)")
+    ap.add_argument("--check", action="store_true",
+                    help="check the folder without converting: every file the days need (default: "
+                         "the paper's split when the folder holds a day of it, else every day), "
+                         "others/id_cnt.pkl; exit 2 with the list of problems")
     a = ap.parse_args(argv)
+    if a.check:
+        from .check import check_folder
+
+        try:
+            report = check_folder(a.root, a.days)
+        except DataError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print("\n".join(report.lines()), file=sys.stdout if report.ok else sys.stderr)
+        return 0 if report.ok else 2
     spec = get_spec(a.setting)
     try:
         check_tz(a.tz)

@@ -39,6 +39,21 @@ def test_launcher_from_another_directory(tiny_root, tmp_path):
     assert (tmp_path / "runs" / "two_stage" / "bce" / "run-4" / "metrics.json").is_file()
 
 
+def test_launcher_checks_real_data_before_anything_runs(tiny_copy, tmp_path):
+    """On a RecFlow download (no synthetic marker) the launcher runs the data check first: an
+    empty day file stops it with the list of problems, before any conversion or training."""
+    os.remove(tiny_copy / "SYNTHETIC.json")
+    (tiny_copy / "all_stage" / "2024-01-14.feather").write_bytes(b"")
+    r = subprocess.run(["bash", str(REPO / "two_stage" / "bce.sh"), "--no_progress"], cwd=tmp_path,
+                       capture_output=True, text=True,
+                       env={**os.environ, "DATA_DIR": str(tiny_copy),
+                            "RUNS_ROOT": str(tmp_path / "runs"), "RUN_IDS": "3", "DEVICE": "cpu"})
+    assert r.returncode == 2
+    assert f"problem: {tiny_copy}/all_stage/2024-01-14.feather: 0 bytes" in r.stderr
+    assert "problem: " in r.stderr and "day 2024-02-04 missing from" in r.stderr   # the paper's split
+    assert not (tmp_path / "runs").exists() and not (tiny_copy / ".lcron_cache").exists()
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_four_stage_cascade_trains_and_evaluates_from_the_command_line(tiny_root, tmp_path, method, capsys):
     flags = ["--setting", "four_stage", "--method", method, "--run_id", "3", "--batch_size", "32",
