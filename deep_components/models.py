@@ -34,44 +34,43 @@ class _Lookup(torch.autograd.Function):
     """``F.embedding`` whose dense table gradient comes from the native scatter-add kernel
     (bit-identical to torch's CPU embedding backward, without its sort; tests/test_kernels.py);
     with a ``row_grad`` (deep_components.native_adam.RowGrad) the gradient is added into it
-    instead and the weight gets none from autograd; ``step_rows`` (uint8 [rows]) gets the
-    backward's rows marked."""
+    instead and the weight gets none from autograd; ``mark`` (uint8 [rows]) gets the rows the
+    gradient reaches set to 1."""
 
     @staticmethod
     def forward(ctx, weight: Tensor, ids: Tensor, padding_idx: int | None, row_grad=None,
-                step_rows: Tensor | None = None) -> Tensor:
+                mark: Tensor | None = None) -> Tensor:
         ctx.save_for_backward(ids)
         ctx.rows, ctx.padding_idx = weight.shape[0], padding_idx
-        ctx.row_grad, ctx.step_rows = row_grad, step_rows
+        ctx.row_grad, ctx.mark = row_grad, mark
         return F.embedding(ids, weight, padding_idx)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         (ids,) = ctx.saved_tensors
-        if ctx.row_grad is not None:          # step_rows: the rows this step's gradient reaches
-            ctx.row_grad.add(grad, ids, ctx.padding_idx, ctx.step_rows)
+        if ctx.row_grad is not None:
+            ctx.row_grad.add(grad, ids, ctx.padding_idx, ctx.mark)
             return None, None, None, None, None
         lib = kernels.native_library()
-        return (kernels.embedding_backward(lib, grad, ids, ctx.rows, ctx.padding_idx, ctx.step_rows),
+        return (kernels.embedding_backward(lib, grad, ids, ctx.rows, ctx.padding_idx, ctx.mark),
                 None, None, None, None)
 
 
 def lookup(table: nn.Embedding, ids: Tensor) -> Tensor:
     """``table(ids)``, through :class:`_Lookup` when the native kernel serves this table's
-    gradient (a dense CPU table that needs one); marks the rows in ``table.touched_rows`` (here)
-    and ``table.step_rows`` (in the backward), and sends the gradient to ``table.row_grad``,
-    when the table has them (deep_components.native_adam)."""
+    gradient (a dense CPU table that needs one).  A table's mask of rows (``table.step_rows``
+    for lazy Adam, else ``table.touched_rows``) is marked by the backward, and its gradient goes
+    to ``table.row_grad``, when the table has them (deep_components.native_adam; set only where
+    NativeAdam's native step runs, which also needs the native kernels)."""
     w = table.weight
-    training = torch.is_grad_enabled() and w.requires_grad
-    touched = getattr(table, "touched_rows", None)
-    if touched is not None and training:
-        touched[ids.reshape(-1)] = 1
-    if (table.sparse or not training or not kernels.supports(w)
+    if (table.sparse or not (torch.is_grad_enabled() and w.requires_grad) or not kernels.supports(w)
             or table.max_norm is not None or table.scale_grad_by_freq
             or kernels.native_library() is None):
         return table(ids)
-    return _Lookup.apply(w, ids, table.padding_idx, getattr(table, "row_grad", None),
-                         getattr(table, "step_rows", None))
+    mark = getattr(table, "step_rows", None)
+    if mark is None:
+        mark = getattr(table, "touched_rows", None)
+    return _Lookup.apply(w, ids, table.padding_idx, getattr(table, "row_grad", None), mark)
 
 
 class FeatureEmbeddings(nn.Module):

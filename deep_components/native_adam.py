@@ -18,13 +18,14 @@ float64, sparse or non-contiguous gradient, options other than the paper's), the
 **Rows never touched.**  A table row whose gradient has been zero since the start keeps zero
 moments, and Adam then leaves its value as it is, bit for bit (``m = 0``, ``v = 0``,
 ``p + (-lr) · 0 / eps = p``).  :func:`track_rows` gives a model's large tables a mask of the rows
-their lookups have used (:func:`deep_components.models.lookup` marks it); the kernel updates the
-marked rows only, which is exactly the dense update.  A loaded optimiser state rebuilds the
+their gradients have reached (the lookups' backward marks it, deep_components.models.lookup);
+the kernel updates the marked rows only, which is exactly the dense update.  A loaded optimiser state rebuilds the
 masks from its moments (a row with any non-zero moment bit is marked).
 """
 from __future__ import annotations
 
 import ctypes
+import functools
 import logging
 import os
 from typing import Iterable
@@ -41,6 +42,7 @@ MIN_TRACKED_ROWS = 65_536
 _check: tuple[bool, int | None, str] | None = None     # (usable, sqrt function, why)
 
 
+@functools.cache
 def _mkl(name: str) -> int | None:
     """Address of MKL's function ``name`` in the process (torch's own copy), or None."""
     lib_dir = os.path.join(os.path.dirname(torch.__file__), "lib")
@@ -80,18 +82,10 @@ def _kernel_step(lib, p: Tensor, g: Tensor, m: Tensor, v: Tensor, mask: Tensor |
         rows, dim = p.shape[0], p[0].numel()
     ptr = kernels._ptr
     lib.adam_step_f32(ptr(p), ptr(g), ptr(m), ptr(v), None if mask is None else ptr(mask), rows, dim,
-                      mode, *scalars, vsqrt, _mkl_threads_local() if vsqrt else None,
+                      mode, *scalars, vsqrt,
+                      # each of the kernel's ranges asks MKL for one thread (C interface name)
+                      _mkl("MKL_Set_Num_Threads_Local") if vsqrt else None,
                       torch.get_num_threads())
-
-
-_threads_local: list = []
-
-
-def _mkl_threads_local() -> int | None:
-    """MKL's ``mkl_set_num_threads_local`` (C name MKL_Set_Num_Threads_Local; the kernel's ranges each ask MKL for one thread)."""
-    if not _threads_local:
-        _threads_local.append(_mkl("MKL_Set_Num_Threads_Local"))   # the C interface
-    return _threads_local[0]
 
 
 def _probe(lib, vsqrt: int | None) -> bool:
@@ -130,24 +124,15 @@ def fast_path() -> tuple[bool, str]:
         return False, "native kernels not in use"
     if _check is None:
         lib = kernels.native_library()
-        if lib is None:
-            _check = (False, None, "native kernels not in use")
-        else:
-            found = None
-            for name, fn in (("MKL's sqrt, as torch", _mkl("vmsSqrt")), ("IEEE sqrt", None)):
-                if (fn is not None or name == "IEEE sqrt") and _probe(lib, fn):
-                    found = (True, fn, f"native, bitwise torch.optim.Adam ({name})")
-                    break
-            _check = found or (False, None, "native kernel's bits differ from torch.optim.Adam "
-                                            "on this machine: torch's step is used")
+        found = None
+        for name, fn in (("MKL's sqrt, as torch", _mkl("vmsSqrt")), ("IEEE sqrt", None)):
+            if (fn is not None or name == "IEEE sqrt") and _probe(lib, fn):
+                found = (True, fn, f"native, bitwise torch.optim.Adam ({name})")
+                break
+        _check = found or (False, None, "native kernel's bits differ from torch.optim.Adam "
+                                        "on this machine: torch's step is used")
         log.info("adam: %s", _check[2])
     return _check[0], _check[2]
-
-
-def reset_check() -> None:
-    """Forget :func:`fast_path`'s verdict (kernel mode changed; tests)."""
-    global _check
-    _check = None
 
 
 class RowGrad:
@@ -185,57 +170,44 @@ class RowGrad:
             self.ids.clear()
 
 
+def _tables(model: nn.Module, min_rows: int = 0):
+    """The embedding tables of ``model`` the native step can take: dense (not sparse), CPU,
+    float32, at least ``min_rows`` rows."""
+    return [m for m in model.modules()
+            if isinstance(m, nn.Embedding) and not m.sparse and m.weight.shape[0] >= min_rows
+            and m.weight.device.type == "cpu" and m.weight.dtype == torch.float32]
+
+
 def attach_row_grads(model: nn.Module, min_rows: int | None = None) -> dict[Tensor, RowGrad]:
     """Give ``model``'s embedding tables of at least ``min_rows`` rows (default
     MIN_TRACKED_ROWS) a :class:`RowGrad` (``table.row_grad``); returns {weight: RowGrad}.  Needs
     the native step (:func:`fast_path`): without it nothing changes and {} is returned."""
     if not fast_path()[0]:
         return {}
-    min_rows = MIN_TRACKED_ROWS if min_rows is None else min_rows
-    out = {}
-    for mod in model.modules():
-        if isinstance(mod, nn.Embedding) and mod.weight.shape[0] >= min_rows and not mod.sparse \
-                and mod.weight.device.type == "cpu" and mod.weight.dtype == torch.float32:
-            mod.row_grad = RowGrad(mod.weight)
-            out[mod.weight] = mod.row_grad
-    return out
+    tables = _tables(model, MIN_TRACKED_ROWS if min_rows is None else min_rows)
+    for mod in tables:
+        mod.row_grad = RowGrad(mod.weight)
+    return {mod.weight: mod.row_grad for mod in tables}
 
 
 def attach_step_rows(model: nn.Module) -> dict[Tensor, Tensor]:
     """Give every embedding table of ``model`` a mask of the rows this step's gradient reaches
     (``table.step_rows``, uint8 [rows]: marked by the lookups' backward, cleared by
     NativeAdam.zero_grad): lazy Adam's rows."""
-    out = {}
-    for mod in model.modules():
-        if isinstance(mod, nn.Embedding) and not mod.sparse and mod.weight.device.type == "cpu":
-            mod.step_rows = torch.zeros(mod.weight.shape[0], dtype=torch.uint8)
-            out[mod.weight] = mod.step_rows
-    return out
+    tables = _tables(model)
+    for mod in tables:
+        mod.step_rows = torch.zeros(mod.weight.shape[0], dtype=torch.uint8)
+    return {mod.weight: mod.step_rows for mod in tables}
 
 
-def track_rows(model: nn.Module, row_grads: bool = False) -> dict[Tensor, Tensor]:
+def track_rows(model: nn.Module) -> dict[Tensor, Tensor]:
     """Give every embedding table of ``model`` with at least MIN_TRACKED_ROWS rows a mask of the
-    rows its lookups touch (``table.touched_rows``, uint8 [rows]) and, with ``row_grads``, a
-    :class:`RowGrad` (``table.row_grad``) instead of dense gradients; returns {weight: mask}.
-
-    Row gradients need the native step (:func:`fast_path`): without it nothing is changed
-    beyond the masks."""
-    out = {}
-    for mod in model.modules():
-        if isinstance(mod, nn.Embedding) and mod.weight.shape[0] >= MIN_TRACKED_ROWS \
-                and not mod.sparse and mod.weight.device.type == "cpu" \
-                and mod.weight.dtype == torch.float32:
-            mod.touched_rows = torch.zeros(mod.weight.shape[0], dtype=torch.uint8)
-            out[mod.weight] = mod.touched_rows
-    if row_grads:
-        attach_row_grads(model)
-    return out
-
-
-def row_grad_of(model: nn.Module) -> dict[Tensor, RowGrad]:
-    """{table weight: its RowGrad} of ``model``'s tables that have one."""
-    return {m.weight: m.row_grad for m in model.modules()
-            if isinstance(m, nn.Embedding) and getattr(m, "row_grad", None) is not None}
+    rows its gradients have reached (``table.touched_rows``, uint8 [rows], marked by the lookups'
+    backward, never cleared); returns {weight: mask}."""
+    tables = _tables(model, MIN_TRACKED_ROWS)
+    for mod in tables:
+        mod.touched_rows = torch.zeros(mod.weight.shape[0], dtype=torch.uint8)
+    return {mod.weight: mod.touched_rows for mod in tables}
 
 
 def _nonzero_rows(t: Tensor) -> Tensor:

@@ -39,7 +39,7 @@ from .data.vocab import Vocabulary, load_vocabulary
 from .distributed import context
 from .scoring import evaluate
 from .lazy_adam import LazyAdam
-from .native_adam import NativeAdam, attach_row_grads, attach_step_rows, fast_path, row_grad_of
+from .native_adam import NativeAdam, attach_row_grads, attach_step_rows, fast_path
 from .native_adam import track_rows as touched_rows_masks
 from .loss import build_loss
 from .models import build_models, forward_all
@@ -83,8 +83,9 @@ def build_optimizers(models: list[nn.Module], loss_fn: nn.Module, lr: float,
                                   row_grads=attach_row_grads(m))
             opts += [NativeAdam(dense, lr=lr), lazy]
         else:
-            masks = touched_rows_masks(m, row_grads=row_grads) if track_rows else None
-            opts.append(NativeAdam(m.parameters(), lr=lr, row_masks=masks, row_grads=row_grad_of(m)))
+            masks = touched_rows_masks(m) if track_rows else None
+            rgs = attach_row_grads(m) if track_rows and row_grads else None
+            opts.append(NativeAdam(m.parameters(), lr=lr, row_masks=masks, row_grads=rgs))
     if any(True for _ in loss_fn.parameters()):
         opts.append(NativeAdam(loss_fn.parameters(), lr=lr))
     return opts

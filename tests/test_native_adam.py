@@ -9,7 +9,7 @@ from torch import nn
 
 from deep_components import kernels, native_adam
 from deep_components.config import RunConfig
-from deep_components.native_adam import NativeAdam, RowGrad, fast_path, track_rows
+from deep_components.native_adam import NativeAdam, RowGrad, attach_row_grads, fast_path, track_rows
 from deep_components.run_folder import RunFolder
 
 pytestmark = pytest.mark.skipif(kernels.native_library() is None or not fast_path()[0],
@@ -118,7 +118,8 @@ def test_row_gradients_equal_torch_gradients_and_steps(monkeypatch):
     gen = torch.Generator().manual_seed(3)
     rows = 5_000
     ref, ours = _Two(rows, 4), _Two(rows, 4)
-    masks = track_rows(ours, row_grads=True)
+    masks = track_rows(ours)
+    attach_row_grads(ours)
     rg = ours.table.row_grad
     assert isinstance(rg, RowGrad) and set(masks) == {ours.table.weight}
     a = torch.optim.Adam(ref.parameters(), lr=0.01)
@@ -156,7 +157,8 @@ def test_training_runs_equal_torch_adam(tiny_root, tmp_path, monkeypatch, settin
     native = run("native")
     with monkeypatch.context() as m:
         m.setattr(training, "NativeAdam", lambda params, lr, **kw: torch.optim.Adam(params, lr=lr))
-        m.setattr(training, "touched_rows_masks", lambda model, row_grads=False: {})
+        m.setattr(training, "touched_rows_masks", lambda model: {})
+        m.setattr(training, "attach_row_grads", lambda model, min_rows=None: {})
         plain = run("plain")
     ta, tb = (torch.load(r.path / "towers.pt", weights_only=True) for r in (native, plain))
     for da, db in zip(ta["models"] + [ta["loss"]], tb["models"] + [tb["loss"]], strict=True):
@@ -169,7 +171,7 @@ def test_native_lazy_adam_is_lazy_adam(monkeypatch):
     a step, so both sum nothing); rows outside the step keep value and moments."""
     from deep_components.lazy_adam import LazyAdam
     from deep_components.models import lookup
-    from deep_components.native_adam import attach_row_grads, attach_step_rows
+    from deep_components.native_adam import attach_step_rows
 
     class Tab(nn.Module):
         def __init__(self, sparse):

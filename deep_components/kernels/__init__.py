@@ -165,7 +165,6 @@ def _load() -> ctypes.CDLL:
     lib.kendall_tau_rows.argtypes = [p] * 4 + [i64] * 2 + [c_int]
     f32 = ctypes.c_float
     lib.adam_step_f32.argtypes = [p] * 5 + [i64] * 2 + [c_int] + [f32] * 6 + [p, p, c_int]
-    lib.adam_sqrt_f32.argtypes = [p, p, i64, p]
     lib.embedding_backward_add_f32.argtypes = [p] * 5 + [i64] * 4 + [c_int, c_int]
     global _status
     _status = f"native C++ ({version}; {path})"
@@ -255,17 +254,23 @@ def pair_attention_backward(lib: ctypes.CDLL, q: torch.Tensor, h: torch.Tensor, 
     return gq, gh, gw
 
 
+def _lookup_args(grad: torch.Tensor, ids: torch.Tensor, padding_idx: int | None,
+                 mark: torch.Tensor | None) -> tuple:
+    """(grad [n, dim] contiguous, ids [n] int64 contiguous, padding row or -1, mark pointer or
+    None): what the embedding-gradient kernels take of one lookup."""
+    grad = grad.reshape(-1, grad.shape[-1]).contiguous()
+    ids = ids.reshape(-1).to(torch.int64).contiguous()
+    return grad, ids, -1 if padding_idx is None else padding_idx, None if mark is None else _ptr(mark)
+
+
 def embedding_backward(lib: ctypes.CDLL, grad: torch.Tensor, ids: torch.Tensor, rows: int,
                        padding_idx: int | None, mark: torch.Tensor | None = None) -> torch.Tensor:
     """grad [..., dim], ids [...] -> the dense table gradient [rows, dim] (padding row 0);
     ``mark`` (uint8 [rows]) gets 1 on the rows the gradient reaches."""
-    dim = grad.shape[-1]
-    grad = grad.reshape(-1, dim).contiguous()
-    ids = ids.reshape(-1).to(torch.int64).contiguous()
-    out = grad.new_empty(rows, dim)
+    grad, ids, pad, mark_ptr = _lookup_args(grad, ids, padding_idx, mark)
+    out = grad.new_empty(rows, grad.shape[1])
     fn = lib.embedding_backward_f32 if grad.dtype == torch.float32 else lib.embedding_backward_f64
-    fn(_ptr(ids), _ptr(grad), _ptr(out), ids.numel(), rows, dim,
-       -1 if padding_idx is None else padding_idx, None if mark is None else _ptr(mark))
+    fn(_ptr(ids), _ptr(grad), _ptr(out), ids.numel(), rows, grad.shape[1], pad, mark_ptr)
     return out
 
 
@@ -275,13 +280,10 @@ def embedding_backward_add(lib: ctypes.CDLL, grad: torch.Tensor, ids: torch.Tens
     """Add the table gradient of one lookup (grad [..., dim] float32, ids [...]) into ``acc``
     [rows, dim], which holds the step's earlier lookups' sum, as torch adds whole gradients;
     ``slot``: int32 [rows] of -1 (scratch, left as it was); ``mark`` as embedding_backward."""
-    dim = grad.shape[-1]
-    grad = grad.reshape(-1, dim).contiguous()
-    ids = ids.reshape(-1).to(torch.int64).contiguous()
-    lib.embedding_backward_add_f32(_ptr(ids), _ptr(grad), _ptr(acc), _ptr(slot),
-                                   None if mark is None else _ptr(mark), ids.numel(),
-                                   acc.shape[0], dim, -1 if padding_idx is None else padding_idx,
-                                   int(first), torch.get_num_threads())
+    grad, ids, pad, mark_ptr = _lookup_args(grad, ids, padding_idx, mark)
+    lib.embedding_backward_add_f32(_ptr(ids), _ptr(grad), _ptr(acc), _ptr(slot), mark_ptr,
+                                   ids.numel(), acc.shape[0], grad.shape[1], pad, int(first),
+                                   torch.get_num_threads())
 
 
 def kendall_tau_rows(lib: ctypes.CDLL, s, lab, m):

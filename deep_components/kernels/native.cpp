@@ -391,12 +391,6 @@ void adam_step_f32(float* p, const float* g, float* m, float* v, const uint8_t* 
   });
 }
 
-// y = sqrt(x) as adam_step_f32 takes it (the check against torch's sqrt)
-void adam_sqrt_f32(const float* x, float* y, int64_t n, void* vsqrt) {
-  for (int64_t o = 0; o < n; o += ADAM_BLOCK)
-    adam_sqrt(x + o, y + o, std::min(ADAM_BLOCK, n - o), reinterpret_cast<vsqrt_fn>(vsqrt));
-}
-
 void pair_attention_forward_f32(const float* q, const float* h, const float* w, const int64_t* len,
                                 float* out, int64_t B, int64_t N, int64_t H, int64_t D,
                                 int threads) {
