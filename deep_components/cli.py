@@ -95,7 +95,9 @@ def main(setting: str | None, action: str, argv: list[str] | None = None,
                     other = "" if m["own_data"] else f", on {m['data_dir']}: NOT the run's own data"
                     print(f"{m['method']} ({cfg.setting}, run {m['run_id']}, test day "
                           f"{m['test_day']}{', SYNTHETIC data' if m['synthetic'] else ''}{other}): "
-                          f"{format_metrics(m)}")
+                          f"{format_metrics(m)}"
+                          + (f" || validation day: joint recall {m['valid_joint_recall']:.4f}"
+                             if "valid_joint_recall" in m else ""))
         if len(runs) > 1 and context().is_main:
             print_tables(results)
     except (DataError, UsageError, ValueError, TrainingError, OSError) as e:

@@ -33,7 +33,7 @@ FLAG_GROUPS = {"cascade": "cascade", "paper": "the paper's flags (same names and
 #: evaluation must equal the run's (field names)
 TRAINING_ONLY = ("tau", "batch_size", "emb_dim", "lr", "seq_len", "print_freq", "seed",
                  "precision",
-                 "train_days", "sort", "mask_mode", "loss_options", "tz", "max_steps", "vocab",
+                 "train_days", "valid_day", "sort", "mask_mode", "loss_options", "tz", "max_steps", "vocab",
                  "emb_optimizer", "ckpt_every", "resume", "overwrite", "skip_nonfinite")
 #: flags of evaluation only
 EVAL_ONLY = ("allow_train_day",)
@@ -86,6 +86,9 @@ class RunConfig:
     train_days: list[str] | None = _flag(None, "dates (default: the split)", nargs="+")
     test_day: str | None = _flag(None, "date (default: the split: the paper's test day, else the "
                                  "last day)", eval_help="date (default: the run's own test day)")
+    valid_day: str | None = _flag(None, "validation day: a date, or auto (the day before the test "
+                                  "day); held out of the training days and evaluated beside the "
+                                  "test day (valid_metrics.json); default: none")
     run_dir: str | None = _flag(None, "run folder (default <runs_root>/<setting>/<method>/run-<id>)")
     runs_root: str = _flag(str(REPO_ROOT / "runs"), "where run folders go")
     sort: str | None = _flag(None, "sort operator", choices=["neural", "soft"])
@@ -261,6 +264,7 @@ def validate(cfg: RunConfig) -> None:
 
     from .specs import get_spec
     from .loss import build_loss
+    from .data.layout import is_date
     from .devices import resolve_device
     from .errors import UsageError
 
@@ -303,6 +307,12 @@ def validate(cfg: RunConfig) -> None:
     if cfg.train_days and cfg.test_day:
         need(cfg.test_day not in cfg.train_days,
              f"--test_day {cfg.test_day} is also one of --train_days")
+    if cfg.valid_day not in (None, "auto"):
+        need(is_date(cfg.valid_day), f"--valid_day must be a date (YYYY-MM-DD) or auto, got "
+                                      f"{cfg.valid_day!r}")
+        need(cfg.valid_day != cfg.test_day, f"--valid_day {cfg.valid_day} is also the --test_day")
+        need(not cfg.train_days or cfg.valid_day not in cfg.train_days,
+             f"--valid_day {cfg.valid_day} is also one of --train_days")
     try:                     # the method checks its own options (names, lengths, ranges)
         build_loss(cfg.method, spec, mask_mode=cfg.mask_mode, **cfg.loss_kwargs())
     except (ValueError, TypeError) as e:

@@ -16,7 +16,9 @@ from .errors import UsageError
 
 
 def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> dict:
-    """Load the run folder's towers, evaluate them on the test day, write its metrics.
+    """Load the run folder's towers, evaluate them on the test day (and on the run's validation
+    day, if it has one: valid_metrics.json, its joint recall also in the result), write the
+    metrics.
 
     The data folder defaults to the one recorded in the run's config.json; the towers must come
     from the training config.json describes (its run key) and fit the data (same id counts);
@@ -39,18 +41,16 @@ def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> d
     try:
         run = folder.open_trained(device, cfg.data_dir)
         test_day = cfg.test_day or saved["test_day"]
-        t0 = time.perf_counter()
-        day = run.load_day(test_day, cfg.cache_dir)
-        own = run.own_data({test_day: day.stats["content_digest"]})
-        if run.vocab is not None:      # ids onto compact rows; ids never seen go to the unknown row
-            day = run.vocab.apply(day)
-        result = evaluate(run.models, day, run.spec, device, cfg.eval_batch_size)
-        result.update(run.identity() | {
-            "loss_options": saved.get("loss_options", {}), "test_day": test_day,
-            "data_dir": run.data_dir, "own_data": own,
-            "eval_seconds": round(time.perf_counter() - t0, 3)})
+        result = _evaluate_day(run, test_day, cfg, device) | {"test_day": test_day}
+        valid_day = saved.get("valid_day")
+        valid = (_evaluate_day(run, valid_day, cfg, device) | {"valid_day": valid_day}
+                 if valid_day else None)
+        if valid is not None:
+            result["valid_joint_recall"] = valid["joint_recall"]
         if context().is_main:
             folder.write_result("metrics", result)
+            if valid is not None:
+                folder.write_result("valid_metrics", valid)
             events = folder.events(cfg.tensorboard)
             events.metrics(result, (folder.summary() or {}).get("steps", 0))
             events.close()
@@ -58,6 +58,20 @@ def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> d
         if lock is not None:
             lock.release()
     return result
+
+
+def _evaluate_day(run, day: str, cfg: RunConfig, device: torch.device) -> dict:
+    """The metrics of ``run``'s towers on ``day`` of its data folder, with what says which run,
+    which data and whether it is the run's own."""
+    t0 = time.perf_counter()
+    data = run.load_day(day, cfg.cache_dir)
+    own = run.own_data({day: data.stats["content_digest"]})
+    if run.vocab is not None:      # ids onto compact rows; ids never seen go to the unknown row
+        data = run.vocab.apply(data)
+    result = evaluate(run.models, data, run.spec, device, cfg.eval_batch_size)
+    return result | run.identity() | {
+        "loss_options": run.config.get("loss_options", {}), "data_dir": run.data_dir,
+        "own_data": own, "eval_seconds": round(time.perf_counter() - t0, 3)}
 
 
 def format_metrics(m: dict) -> str:

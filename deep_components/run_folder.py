@@ -9,6 +9,7 @@ them true to each other.
           towers.pt             the trained towers (evaluate, serve)
           train_summary.json    steps, requests, seconds
           metrics.json          the evaluation of the towers (evaluate)
+          valid_metrics.json    the same on the validation day, if the run has one
           catalogue_metrics.json  the full-catalogue evaluation (serve)
           tensorboard_events/   TensorBoard event files
           curves.png            the loss terms and learned weights over the steps
@@ -43,6 +44,7 @@ CHECKPOINT = "checkpoint.pt"
 TOWERS = "towers.pt"
 SUMMARY = "train_summary.json"
 METRICS = "metrics.json"
+VALID_METRICS = "valid_metrics.json"
 CATALOGUE_METRICS = "catalogue_metrics.json"
 TENSORBOARD = "tensorboard_events"
 CURVES = "curves.png"
@@ -60,16 +62,19 @@ CONTENTS = {
     SUMMARY: "steps, requests, seconds, requests/s",
     METRICS: "evaluate: joint recall; per stage recall, NDCG@10, Kendall tau; test day, data "
              "folder and whether it is the run's own data; unknown_ids",
+    VALID_METRICS: "evaluate, for a run with a validation day (--valid_day): the same metrics on "
+                   "that day",
     CATALOGUE_METRICS: "serve: share of the positives each stage keeps over the whole catalogue; "
                        "day, keep, index, data folder",
     TENSORBOARD: "TensorBoard event files: loss terms, learned weights, requests/s, metrics",
     CURVES: "the loss terms and learned loss weights over the steps (smoothed)",
 }
 #: result files: each carries the run key of the training it describes
-RESULTS = {"metrics": METRICS, "catalogue_metrics": CATALOGUE_METRICS}
+RESULTS = {"metrics": METRICS, "valid_metrics": VALID_METRICS,
+           "catalogue_metrics": CATALOGUE_METRICS}
 #: what describes the trained model (removed when a --resume trains it further; the event
 #: files stay, and the resumed training rewrites them from its checkpoint's step on)
-MODEL_FILES = (TOWERS, SUMMARY, METRICS, CATALOGUE_METRICS, CURVES)
+MODEL_FILES = (TOWERS, SUMMARY, METRICS, VALID_METRICS, CATALOGUE_METRICS, CURVES)
 #: what a config.json must hold to be evaluated or served
 CONFIG_KEYS = ("setting", "run_id", "data_dir", "test_day", "train_days")
 
@@ -429,7 +434,8 @@ class TrainedRun:
 
     @property
     def run_days(self) -> list[str]:
-        return [d for d in list(self.config["train_days"]) + [self.config.get("test_day")] if d]
+        return [d for d in list(self.config["train_days"])
+                + [self.config.get("valid_day"), self.config.get("test_day")] if d]
 
     def load_day(self, day: str, cache_dir: str | None = None):
         """``day`` of the data folder, converted with the run's own settings (raw ids)."""

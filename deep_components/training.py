@@ -91,7 +91,12 @@ def build_optimizers(models: list[nn.Module], loss_fn: nn.Module, lr: float,
     return opts
 
 
-def resolve_split(cfg: RunConfig, days: list[str]) -> tuple[list[str], str]:
+def resolve_split(cfg: RunConfig, days: list[str]) -> tuple[list[str], str | None, str]:
+    """(training days, validation day or None, test day) of ``cfg`` on the data's ``days``.
+
+    The split's days unless --train_days / --test_day name others; --valid_day (a date, or
+    ``auto``: the day before the test day) is held out of the split's training days (given
+    --train_days must leave it out themselves)."""
     if not days:
         raise DataError(f"{cfg.data_dir}: no days found under all_stage/")
     train_days, test_day = default_split(days) if len(days) >= 2 else (days, None)
@@ -99,13 +104,28 @@ def resolve_split(cfg: RunConfig, days: list[str]) -> tuple[list[str], str]:
         train_days = list(cfg.train_days)
     if cfg.test_day:
         test_day = cfg.test_day
-    missing = [d for d in list(train_days) + [test_day] if d not in days]
+    valid_day = cfg.valid_day
+    if valid_day == "auto":
+        before = [d for d in days if test_day and d < test_day]
+        if not before:
+            raise UsageError(f"--valid_day auto: no day before the test day {test_day} in "
+                             f"{cfg.data_dir}")
+        valid_day = before[-1]
+    missing = [d for d in list(train_days) + [valid_day, test_day] if d and d not in days]
     if missing:
         raise UsageError(f"days {missing} not found in {cfg.data_dir} (available: {days[0]} ... "
                          f"{days[-1]}, {len(days)} days)")
     if test_day in train_days:
         raise UsageError(f"test day {test_day} is also a training day")
-    return sorted(train_days), test_day
+    if valid_day == test_day and valid_day:
+        raise UsageError(f"--valid_day {valid_day} is also the test day")
+    if valid_day in train_days:
+        if cfg.train_days:
+            raise UsageError(f"--valid_day {valid_day} is also one of --train_days")
+        train_days = [d for d in train_days if d != valid_day]
+        if not train_days:
+            raise UsageError(f"--valid_day {valid_day} leaves no training day")
+    return sorted(train_days), valid_day, test_day
 
 
 class Trainer:
@@ -422,13 +442,16 @@ def _check_resumable(folder: RunFolder, ckpt: dict, cfg: RunConfig, train_days: 
 
 
 def _resume_differences(saved: dict, ckpt: dict, meta: dict, test_day: str | None, root: Path,
-                        data: PreparedData, days: list[str]) -> tuple[list[str], dict]:
+                        data: PreparedData, days: list[str],
+                        valid_day: str | None = None) -> tuple[list[str], dict]:
     """(what differs between the run in the folder and this command, config.json updates)."""
     from .run_folder import data_differences
 
     diffs = differences(ckpt["meta"], meta)
     if saved.get("test_day") != test_day:
         diffs.append(f"test_day: run {saved.get('test_day')!r}, this run {test_day!r}")
+    if saved.get("valid_day") != valid_day:
+        diffs.append(f"valid_day: run {saved.get('valid_day')!r}, this run {valid_day!r}")
     updates = {}
     moved = Path(saved["data_dir"]).resolve() != root.resolve()
     content = data_differences(saved.get("data_digest"), data.digest, days)
@@ -464,7 +487,7 @@ def train(cfg: RunConfig) -> Path:
         torch.set_num_threads(cfg.threads)
     root = Path(cfg.data_dir)
     days = list_days(root)
-    train_days, test_day = resolve_split(cfg, days)
+    train_days, valid_day, test_day = resolve_split(cfg, days)
     id_counts = read_id_counts(root)
     seed = cfg.resolved_seed()
     folder = RunFolder(cfg.resolved_run_dir())
@@ -492,14 +515,15 @@ def train(cfg: RunConfig) -> Path:
         # every day of the run is converted (and so checked) before the first step; the
         # vocabulary covers them all (training days and the test day): a test-day id absent
         # from training keeps its initial vector, exactly as in a full-size table
-        run_days = [d for d in train_days + [test_day] if d]
+        run_days = [d for d in train_days + [valid_day, test_day] if d]
         data = prepare_data(cfg, spec, root, run_days, saved_vocab)
         vocab = data.vocab
         _check_steps(cfg, root, data.sizes(train_days))
         meta = checkpoint_meta(cfg, spec, id_counts, train_days, seed, vocab)
         updates = {}
         if ckpt is not None:
-            diffs, updates = _resume_differences(saved, ckpt, meta, test_day, root, data, run_days)
+            diffs, updates = _resume_differences(saved, ckpt, meta, test_day, root, data, run_days,
+                                                 valid_day)
             if diffs:
                 raise UsageError(f"{folder.path}: --resume continues the training in the folder, "
                                  "and this command differs from it: " + "; ".join(diffs))
@@ -514,7 +538,7 @@ def train(cfg: RunConfig) -> Path:
             restore(trainer, ckpt, folder.checkpoint_path())
         started = True
         return _run_training(cfg, spec, root, folder, trainer, meta, ckpt, train_days, test_day,
-                             id_counts, seed, device, data, updates)
+                             id_counts, seed, device, data, updates, valid_day)
     except BaseException:
         if created and not started and ctx.is_main:
             import shutil
@@ -527,7 +551,8 @@ def train(cfg: RunConfig) -> Path:
 
 
 def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train_days, test_day,
-                  id_counts, seed, device, data: PreparedData, updates: dict) -> Path:
+                  id_counts, seed, device, data: PreparedData, updates: dict,
+                  valid_day: str | None = None) -> Path:
     ctx = context()
     vocab = data.vocab
     start_day, start_batch, start_step = 0, 0, 0
@@ -545,7 +570,8 @@ def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train
         import uuid
 
         run_key = uuid.uuid4().hex
-        resolved = cfg.to_dict() | {"train_days": train_days, "test_day": test_day, "seed": seed,
+        resolved = cfg.to_dict() | {"train_days": train_days, "valid_day": valid_day,
+                                    "test_day": test_day, "seed": seed,
                                     "synthetic": synthetic_info(root), "id_counts": id_counts,
                                     "vocab_sizes": vocab.sizes() if vocab is not None else None,
                                     "loss_repr": repr(trainer.loss_fn), "world_size": ctx.world,

@@ -136,7 +136,7 @@ def _dated_files(root: Path) -> set[str]:
         if d.is_dir():
             for name in os.listdir(d):
                 stem = name.split(".")[0]
-                if layout._is_date(stem):
+                if layout.is_date(stem):
                     dates.add(stem)
     return dates
 

@@ -61,12 +61,12 @@ def list_days(root: str | os.PathLike) -> list[str]:
     days = set()
     for name in os.listdir(d):
         stem, ext = os.path.splitext(name)
-        if ext in TABLE_EXTS and _is_date(stem):
+        if ext in TABLE_EXTS and is_date(stem):
             days.add(stem)
     return sorted(days)
 
 
-def _is_date(s: str) -> bool:
+def is_date(s: str) -> bool:
     try:
         _dt.date.fromisoformat(s)
         return len(s) == 10
