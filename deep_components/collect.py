@@ -1,6 +1,8 @@
 """Collect run folders into one table per setting: methods as rows, the paper's columns
 (joint recall, then per stage from the last to the first: Recall@10@quota, NDCG@10), mean ± std
-over runs (sample std, ddof = 1) and the number of runs; written as Markdown and CSV.
+over runs (sample std, ddof = 1) and the number of runs, the 95% confidence interval of the mean
+joint recall and a paired test against the best other row (deep_components.stats); written as
+Markdown and CSV.
 
     python -m deep_components.collect --runs_root runs/synthetic-small --setting two_stage
 """
@@ -17,6 +19,7 @@ from .specs import SPECS, get_spec
 from .loss import display_name, method_order
 from .parsing import OneLineParser
 from .run_folder import METRICS, RunFolder
+from .stats import ALPHA, confidence_interval, method_note, paired_test
 from .errors import UsageError, report_error
 
 
@@ -103,8 +106,24 @@ def build_table(metrics: list[dict], setting: str) -> pd.DataFrame:
             v = np.array([_value(m, key) for m in ms], dtype=float)
             row[f"{title} mean"] = v.mean()
             row[f"{title} std"] = v.std(ddof=1) if len(v) > 1 else 0.0
+        row["_joint"] = {m["run_id"]: m["joint_recall"] for m in ms if m.get("run_id") is not None}
+        row["joint ci_low"], row["joint ci_high"] = confidence_interval([m["joint_recall"] for m in ms])
         rows.append(row)
+    add_paired(rows)
     return pd.DataFrame(rows)
+
+
+def add_paired(rows: list[dict]) -> None:
+    """Each row's paired test of joint recall against the best other row (by mean joint)."""
+    for r in rows:
+        others = [o for o in rows if o is not r]
+        if not others:
+            r.update({"vs": "", "vs diff": np.nan, "vs p": np.nan, "vs runs": 0})
+            continue
+        best = max(others, key=lambda o: o["joint mean"])
+        test = paired_test(r["_joint"], best["_joint"])
+        r.update({"vs": best["method"], "vs diff": test["diff"] if test else np.nan,
+                  "vs p": test["p"] if test else np.nan, "vs runs": test["n"] if test else 0})
 
 
 def table_title(metrics: list[dict], setting: str) -> str:
@@ -120,16 +139,27 @@ def to_markdown(df: pd.DataFrame, setting: str, title: str,
                 curves: dict[str, str] | None = None) -> str:
     """The table; ``curves`` (row name -> path) adds a column linking each row's curves.png."""
     cols = metric_columns(setting)
-    head = ["method"] + [t for t, _ in cols] + ["runs"] + (["curves"] if curves else [])
+    head = (["method"] + [t for t, _ in cols] + ["runs", "joint 95% CI", "vs best other (Δ, p)"]
+            + (["curves"] if curves else []))
     lines = [f"**{title}** (mean ± std over runs)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
         cells = [r["method"]] + [f"{r[f'{t} mean']:.4f} ± {r[f'{t} std']:.4f}" for t, _ in cols]
         cells.append(str(int(r["runs"])))
+        cells.append("–" if np.isnan(r["joint ci_low"]) else
+                     f"[{r['joint ci_low']:.4f}, {r['joint ci_high']:.4f}]")
+        cells.append(_paired_cell(r))
         if curves:
             cells.append(f"[curves]({curves[r['method']]})" if r["method"] in curves else "–")
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines + ["", method_note()])
+
+
+def _paired_cell(r) -> str:
+    if not r["vs"] or np.isnan(r["vs diff"]):
+        return "–"
+    mark = " †" if r["vs p"] < ALPHA else ""
+    return f"{r['vs']}: {r['vs diff']:+.4f}, p = {r['vs p']:.3g} ({int(r['vs runs'])} pairs){mark}"
 
 
 def curve_links(df: pd.DataFrame, out: Path) -> dict[str, str]:
@@ -183,7 +213,7 @@ def collect(runs_root: str | Path, setting: str, methods: list[str] | None = Non
         md += "\n\n" + rho
     stem = f"{setting}_{methods[0]}" if methods and len(methods) == 1 else f"{setting}_results"
     (out / f"{stem}.md").write_text(md + "\n")
-    df.drop(columns="_first").to_csv(out / f"{stem}.csv", index=False, float_format="%.6f")
+    df.drop(columns=["_first", "_joint"]).to_csv(out / f"{stem}.csv", index=False, float_format="%.6f")
     if plot:
         from .plot import plot_comparison
 
