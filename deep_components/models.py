@@ -361,6 +361,9 @@ class DIN(Tower):
             w = self.att1.weight                                                         # [80, 80]
             h_part = hist @ w[:, :d].T                                                   # [B, H, 80]
             q_part = F.linear(query, w[:, d:], self.att1.bias)                           # [B, N, 80]
+            if tracing():            # ONNX / TorchScript: plain operators, all H rows
+                hidden = (q_part.unsqueeze(2) + h_part.unsqueeze(1)).relu()         # [B, N, H, 80]
+                return hidden @ self.att2.weight.squeeze(0) + self.att2.bias
             lengths = history_mask.sum(-1).clamp(min=1)
             dt = torch.promote_types(self.att2.weight.dtype, torch.float32)   # fp32 under autocast
             a = _PairAttention.apply(q_part.to(dt), h_part.to(dt), self.att2.weight.squeeze(0).to(dt),
@@ -384,6 +387,12 @@ class DIN(Tower):
         ctx = self.emb.context(context)                                                  # [B, 64]
         x = torch.cat([interest, query, self.emb.upload_time(items)], dim=-1)            # [B, N, 104]
         return shared_input_mlp(self.net, ctx, x, self.split_input).squeeze(-1)
+
+
+def tracing() -> bool:
+    """Whether the towers are being traced for export (TorchScript or ONNX): the native
+    kernels cannot be recorded, their plain-operator forms are."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def build_tower(name: str, id_counts: Mapping[str, int], dim: int = 8, units: int = 128,

@@ -13,6 +13,7 @@ them true to each other.
           catalogue_metrics.json  the full-catalogue evaluation (serve)
           tensorboard_events/   TensorBoard event files
           curves.png            the loss terms and learned weights over the steps
+          export-<format>/      the towers exported for serving (export)
 
 Every training writes a fresh ``run_key`` into config.json; towers.pt, train_summary.json and
 every result carry it, and a file whose key differs from config.json's is never used.  A new
@@ -48,6 +49,8 @@ VALID_METRICS = "valid_metrics.json"
 CATALOGUE_METRICS = "catalogue_metrics.json"
 TENSORBOARD = "tensorboard_events"
 CURVES = "curves.png"
+#: the towers exported for serving (deep_components.export), one folder per format
+EXPORTS = ("export-onnx", "export-torchscript")
 LOCK = ".lock"
 
 #: every file a run folder can hold, in the order of the listing above, with what it holds
@@ -68,13 +71,15 @@ CONTENTS = {
                        "day, keep, index, data folder",
     TENSORBOARD: "TensorBoard event files: loss terms, learned weights, requests/s, metrics",
     CURVES: "the loss terms and learned loss weights over the steps (smoothed)",
+    **{e: "export: the towers as files another runtime loads, and their manifest"
+       for e in EXPORTS},
 }
 #: result files: each carries the run key of the training it describes
 RESULTS = {"metrics": METRICS, "valid_metrics": VALID_METRICS,
            "catalogue_metrics": CATALOGUE_METRICS}
 #: what describes the trained model (removed when a --resume trains it further; the event
 #: files stay, and the resumed training rewrites them from its checkpoint's step on)
-MODEL_FILES = (TOWERS, SUMMARY, METRICS, VALID_METRICS, CATALOGUE_METRICS, CURVES)
+MODEL_FILES = (TOWERS, SUMMARY, METRICS, VALID_METRICS, CATALOGUE_METRICS, CURVES) + EXPORTS
 #: what a config.json must hold to be evaluated or served
 CONFIG_KEYS = ("setting", "run_id", "data_dir", "test_day", "train_days")
 

@@ -181,7 +181,7 @@ def test_a_resumed_run_rewrites_its_events_from_the_checkpoint(tiny_root, tmp_pa
 
 # ------------------------------------------------------------------------ the installed package
 COMMANDS = ("train", "evaluate", "serve", "stream", "collect", "data", "synthetic", "selfcheck",
-            "methods", "sweep")
+            "methods", "sweep", "export")
 
 
 def test_pip_install_gives_the_package_and_its_commands(tmp_path):
