@@ -88,7 +88,7 @@ class RunConfig:
                                  "last day)", eval_help="date (default: the run's own test day)")
     valid_day: str | None = _flag(None, "validation day: a date, or auto (the day before the test "
                                   "day); held out of the training days and evaluated beside the "
-                                  "test day (valid_metrics.json); default: none")
+                                  "test day; default: none")
     run_dir: str | None = _flag(None, "run folder (default <runs_root>/<setting>/<method>/run-<id>)")
     runs_root: str = _flag(str(REPO_ROOT / "runs"), "where run folders go")
     sort: str | None = _flag(None, "sort operator", choices=["neural", "soft"])

@@ -251,7 +251,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None,
         raise UsageError(f"--check_requests must be >= 1, got {check_requests}")
     folder = RunFolder(run_dir)
     if not folder.has_config():
-        raise UsageError(f"{folder.path}: not a run folder (no config.json)")
+        raise UsageError(f"{folder.path}: not a run folder (no training there)")
     with folder.lock():              # the export is written while no training changes the towers
         return _export(folder, fmt, out, check_requests, timing)
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import logging
 import sys
 from pathlib import Path
@@ -235,11 +234,13 @@ def main(argv: list[str] | None = None) -> int:
             for cfg in runs:
                 cfg.device = device
                 validate(cfg)              # every grid point checked before the first training
+        from .run_folder import RunFolder
+
         main_rank = context().is_main
         rows = run_sweep(grid_runs, keys, say=print if main_rank else (lambda *_: None))
         if main_rank:
             first = grid_runs[0][2][0]
-            saved = json.loads((Path(rows[0]["run_dirs"][0]) / "config.json").read_text())
+            saved = RunFolder(rows[0]["run_dirs"][0]).config()
             best = choose(rows)
             md = to_markdown(rows, best, first.method, first.setting, saved["valid_day"],
                              saved["test_day"])
