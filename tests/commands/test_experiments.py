@@ -234,10 +234,10 @@ def test_the_plotted_table_links_each_methods_curves(tiny_root, tmp_path):
         ok(cli(*EVALUATE, "--method", method, "--runs_root", root, "--device", "cpu"))
     r = ok(cli("-m", "deep_components.collect", "--runs_root", root, "--setting", "two_stage",
                "--plot"))
-    assert "| runs | curves |" in r.stdout
+    assert "| runs | joint 95% CI | vs best other (Δ, p) | curves |" in r.stdout
     for method, name in (("bce", "BCE"), ("lcron", "LCRON")):
         row = next(x for x in r.stdout.splitlines() if x.startswith(f"| {name} |"))
         link = f"two_stage/{method}/run-30/curves.png"
-        assert row.endswith(f"| 1 | [curves]({link}) |") and (root / link).is_file()
+        assert row.endswith(f"| 1 | – | – | [curves]({link}) |") and (root / link).is_file()
     plain = ok(cli("-m", "deep_components.collect", "--runs_root", root, "--setting", "two_stage"))
     assert "curves" not in plain.stdout                     # the launchers' table is unchanged
