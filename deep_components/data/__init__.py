@@ -1,12 +1,24 @@
-"""Reading RecFlow-layout data (real or synthetic) into per-request arrays."""
-from .batches import batch_indices, iter_batches
-from .cache import default_cache_dir, load_day
-from .errors import DataError
-from .layout import default_split, list_days, synthetic_info
-from .day import DayData
-from .id_counts import read_id_counts
-from .recflow import build_day_arrays
+"""Reading RecFlow-layout data (real or synthetic) into per-request arrays.
 
-__all__ = ["DataError", "DayData", "batch_indices", "build_day_arrays", "default_cache_dir",
-           "default_split", "iter_batches", "list_days", "load_day", "read_id_counts",
-           "synthetic_info"]
+The names below load their module on first use, so a command that needs only part of the
+package (``--check``: no torch) imports only that part."""
+from __future__ import annotations
+
+import importlib
+
+#: exported name -> the module of the package that defines it
+_EXPORTS = {"batch_indices": "batches", "iter_batches": "batches",
+            "default_cache_dir": "cache", "load_day": "cache", "DataError": "errors",
+            "default_split": "layout", "list_days": "layout", "synthetic_info": "layout",
+            "DayData": "day", "read_id_counts": "id_counts", "build_day_arrays": "recflow"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

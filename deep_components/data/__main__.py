@@ -16,18 +16,18 @@ import sys
 import time
 
 from ..parsing import OneLineParser
-from ..specs import SPECS, get_spec
 from . import layout
-from .cache import load_day
 from .errors import DataError
-from .timefeat import DEFAULT_TZ, check_tz
+
+DEFAULT_TZ = "Asia/Shanghai"      # timefeat's default (imported with pandas only to convert)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = OneLineParser(prog="python -m deep_components.data", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True, help="RecFlow-layout folder")
-    ap.add_argument("--setting", default="two_stage", choices=sorted(SPECS))
+    ap.add_argument("--setting", default="two_stage",
+                    help="a registered setting (two_stage, three_stage, ...; default two_stage)")
     ap.add_argument("--days", nargs="*", help="dates to convert (default: all)")
     ap.add_argument("--tz", default=DEFAULT_TZ, help="time zone of the calendar features")
     ap.add_argument("--cache_dir", default=None, help="cache folder (default <root>/.lcron_cache)")
@@ -46,8 +46,12 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print("\n".join(report.lines()), file=sys.stdout if report.ok else sys.stderr)
         return 0 if report.ok else 2
-    spec = get_spec(a.setting)
+    from ..specs import get_spec
+    from .cache import load_day
+    from .timefeat import check_tz
+
     try:
+        spec = get_spec(a.setting)
         check_tz(a.tz)
         days = a.days or layout.list_days(a.root)
         if not days:
