@@ -108,12 +108,17 @@ class Experiment:
         """(flag values, tag suffix) of every run: one, or one per grid combination."""
         if not self.grid:
             return [(dict(self.values), "")]
-        keys = list(self.grid)
-        out = []
-        for combo in itertools.product(*(self.grid[k] for k in keys)):
-            suffix = "_".join(f"{k}{v}" for k, v in zip(keys, combo)).replace("/", "-")
-            out.append((dict(self.values) | dict(zip(keys, combo)), suffix))
-        return out
+        return [(dict(self.values) | combo, suffix) for combo, suffix in combinations(self.grid)]
+
+
+def combinations(grid: dict[str, list]) -> list[tuple[dict[str, Any], str]]:
+    """(values, tag suffix) of every combination of ``grid`` (field -> values), in grid order."""
+    keys = list(grid)
+    out = []
+    for combo in itertools.product(*(grid[k] for k in keys)):
+        suffix = "_".join(f"{k}{v}" for k, v in zip(keys, combo)).replace("/", "-")
+        out.append((dict(zip(keys, combo)), suffix))
+    return out
 
 
 def load(path: str | Path) -> Experiment:

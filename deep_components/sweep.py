@@ -16,11 +16,9 @@ hold the table and the choice.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -57,16 +55,6 @@ def parse_grid(items: list[str], where: str = "--grid") -> dict[str, list]:
             raise UsageError(f"{where} {key}: a value is given twice")
         grid[name] = values
     return grid
-
-
-def combinations(grid: dict[str, list]) -> list[tuple[dict[str, Any], str]]:
-    """(values, tag suffix) of every combination, in grid order."""
-    keys = list(grid)
-    out = []
-    for combo in itertools.product(*(grid[k] for k in keys)):
-        suffix = "_".join(f"{k}{v}" for k, v in zip(keys, combo)).replace("/", "-")
-        out.append((dict(zip(keys, combo)), suffix))
-    return out
 
 
 def choose(rows: list[dict]) -> int:
@@ -177,7 +165,7 @@ def build_parser():
 def plan(ap, a, argv) -> tuple[list[tuple[dict, str, list[RunConfig]]], set[str]]:
     """(values, tag, configs over the run ids) of every grid point; the keys a reused run must
     match."""
-    from .experiment import load
+    from .experiment import combinations, load
 
     given = given_flags(ap, argv) - {"grid", "run_ids"}
     file_values, file_grid, source = {}, {}, ""
