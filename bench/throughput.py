@@ -2,7 +2,7 @@
 
     python bench/throughput.py --data_dir data/synthetic/small [--settings two_stage three_stage]
         [--methods lcron bce ...] [--steps 20] [--kernels auto|native|torch] [--device cpu]
-        [--precision fp32|bf16|fp16]
+        [--precision fp32|bf16|fp16] [--matmul auto|mkl|onednn]
         [--repo /path/to/another/checkout] [--out bench_throughput.md]
 
 Every (setting, method) runs in its own process (so the peak RSS is its own): full training
@@ -11,7 +11,8 @@ training day after warm-up steps, timed part by part, then, once per setting, th
 the test day as ``run_test*.py`` scores it (tower scores and every metric).  Printed as one
 table; ``--out`` also writes it as Markdown.  ``--repo`` measures another checkout (e.g. a
 worktree of the code before a change) with this same script and data; ``--kernels`` is passed
-only to checkouts that have the native kernels.
+only to checkouts that have the native kernels, ``--matmul`` (the fp32 products' library) only
+to checkouts that have deep_components/matmul.py.
 
 Columns: req/s = batch / mean step time; fwd/loss/bwd/opt = mean seconds of each part of a
 step (CPU timings; on CUDA the device is synchronised at each boundary); GFLOP/s = analytic
@@ -70,7 +71,7 @@ def peak_rss_mb() -> float:
 
 def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, batch: int,
             device_name: str, kernel_mode: str | None, with_eval: bool,
-            precision: str = "fp32") -> dict:
+            precision: str = "fp32", matmul_mode: str | None = None) -> dict:
     """One (setting, method): timed training steps and, with_eval, the test day's evaluation."""
     import numpy as np
     import torch
@@ -109,6 +110,11 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
         from deep_components import kernels
 
         kernel_line = kernels.select(kernel_mode, device)
+    matmul_line = "(torch's default products: no deep_components/matmul.py in this checkout)"
+    if matmul_mode is not None:
+        from deep_components import matmul
+
+        matmul_line = matmul.select(matmul_mode, device)
     spec = get_spec(setting)
     train_days, test_day = default_split(list_days(data_dir))
     day = load_day(data_dir, train_days[0], spec).in_memory()
@@ -170,7 +176,7 @@ def measure(data_dir: str, setting: str, method: str, steps: int, warmup: int, b
            "steps": steps, "seconds_per_step": sec, "requests_per_s": batch / sec,
            "batch_s": p[0], "forward_s": p[1], "loss_s": p[2], "backward_s": p[3], "optimiser_s": p[4],
            "model_gflops_per_s": flops / sec / 1e9, "threads": torch.get_num_threads(),
-           "kernels": kernel_line}
+           "kernels": kernel_line, "matmul": matmul_line}
     if with_eval:
         test = vocab.apply(load_day(data_dir, test_day, spec).in_memory(), in_place=True)
         for m in models:
@@ -196,6 +202,8 @@ def run_child(a: argparse.Namespace, setting: str, method: str, with_eval: bool)
         cmd += ["--precision", a.precision]
     if has_kernels:
         cmd += ["--kernels", a.kernels]
+    if (repo / "deep_components" / "matmul.py").is_file():
+        cmd += ["--matmul", a.matmul]
     if with_eval:
         cmd.append("--_eval")
     env = {**os.environ, "PYTHONPATH": str(repo)}
@@ -231,6 +239,8 @@ def main() -> int:
     ap.add_argument("--batch_size", type=int, default=1024)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--kernels", default="auto", choices=["auto", "native", "torch"])
+    ap.add_argument("--matmul", default="auto", choices=["auto", "mkl", "onednn"],
+                    help="the towers' fp32 products: MKL, oneDNN, or auto (the run's default)")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"],
                     help="the towers under autocast (the trainer's --precision)")
     ap.add_argument("--repo", default=str(HERE), help="checkout whose code is measured")
@@ -240,7 +250,8 @@ def main() -> int:
     a = ap.parse_args()
     if a._child:
         r = measure(a.data_dir, *a._child, a.steps, a.warmup, a.batch_size, a.device,
-                    a.kernels if "--kernels" in sys.argv else None, a._eval, a.precision)
+                    a.kernels if "--kernels" in sys.argv else None, a._eval, a.precision,
+                    a.matmul if "--matmul" in sys.argv else None)
         print(json.dumps(r, default=float))
         return 0
     if not Path(a.data_dir).is_dir():
@@ -257,7 +268,8 @@ def main() -> int:
                 print(f"repo {Path(a.repo).resolve()}, device {r['device']}, {a.precision}, "
                       f"torch {torch.__version__}, "
                       f"{r['threads']} threads, batch {a.batch_size}, {a.steps} steps after "
-                      f"{a.warmup} warm-up\nkernels: {r['kernels']}", flush=True)
+                      f"{a.warmup} warm-up\nkernels: {r['kernels']}\nmatmul: {r['matmul']}",
+                      flush=True)
             print(f"{setting:<12} {method:<14} {r['requests_per_s']:>7,.0f} req/s  step "
                   f"{r['seconds_per_step']:.3f} s = fwd {r['forward_s']:.3f} + loss {r['loss_s']:.3f} + "
                   f"bwd {r['backward_s']:.3f} + opt {r['optimiser_s']:.3f} (+ batch {r['batch_s']:.3f})  "

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .kernels import MODES as KERNEL_MODES
+from .matmul import MODES as MATMUL_MODES
 from .run_folder import saved_method
 
 #: where data/ and runs/ are by default: the checkout the package runs from (a clone), or the
@@ -117,6 +118,10 @@ class RunConfig:
                          "embedding gradients and Kendall tau are bit-identical either way; DIN's "
                          "attention equals PyTorch's to float rounding, so trained towers differ "
                          "at rounding level", choices=list(KERNEL_MODES))
+    matmul: str = _flag("auto", "library of the towers' fp32 products on the CPU: mkl (torch's "
+                        "default), onednn, or auto (oneDNN on AMD CPUs, where MKL runs its generic "
+                        "kernels; MKL otherwise). Values agree to float32 rounding",
+                        choices=list(MATMUL_MODES))
     precision: str = _flag("fp32", "fp32 (exact, default), bf16 or fp16: the towers under autocast; "
                            "losses, labels and metrics stay fp32; fp16 with a gradient scaler",
                            choices=["fp32", "bf16", "fp16"])

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from . import kernels
+from . import kernels, matmul
 from .config import RunConfig
 from .scoring import evaluate
 from .run_folder import RunFolder
@@ -33,6 +33,7 @@ def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> d
     validate_evaluation(cfg, saved, given)
     device = resolve_device(cfg.device)
     kernels.select(cfg.kernels, device)
+    matmul.select(cfg.matmul, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if saved["setting"] != cfg.setting:

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import kernels
+from . import kernels, matmul
 from .spec import CascadeSpec
 from .specs import get_spec
 from .config import RunConfig
@@ -483,6 +483,7 @@ def train(cfg: RunConfig) -> Path:
     spec = get_spec(cfg.setting)
     device = resolve_device(cfg.device)
     kernels.select(cfg.kernels, device)
+    matmul.select(cfg.matmul, device)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     root = Path(cfg.data_dir)
@@ -580,7 +581,8 @@ def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train
         for k in ("resume", "overwrite"):    # how this command was called, not what the run is
             resolved.pop(k, None)
         folder.begin_training(resolved, environment(device) | {"world_size": ctx.world,
-                                                               "kernels": kernels.selected()})
+                                                               "kernels": kernels.selected(),
+                                                               "matmul": matmul.selected()})
     ckpt_times: list[float] = []
     saved_at = [ckpt["position"]["step"] if ckpt is not None else None]
 
@@ -636,6 +638,6 @@ def _run_training(cfg, spec, root, folder: RunFolder, trainer, meta, ckpt, train
         "skipped_nonfinite": trainer.skipped, "checkpoints": len(ckpt_times),
         "checkpoint_seconds": round(sum(ckpt_times), 3), "resumed": cfg.resume,
         "finished": finished,
-        "kernels": kernels.selected(),
+        "kernels": kernels.selected(), "matmul": matmul.selected(),
         "train_days": train_days} | trainer.steady_summary())
     return folder.path
