@@ -42,10 +42,14 @@ def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> d
     try:
         run = folder.open_trained(device, cfg.data_dir)
         test_day = cfg.test_day or saved["test_day"]
-        result = _evaluate_day(run, test_day, cfg, device) | {"test_day": test_day}
+        scored = {test_day: _evaluate_day(run, test_day, cfg, device)}
+        result = scored[test_day] | {"test_day": test_day}
         valid_day = saved.get("valid_day")
-        valid = (_evaluate_day(run, valid_day, cfg, device) | {"valid_day": valid_day}
-                 if valid_day else None)
+        valid = None
+        if valid_day:                  # scored once when --test_day names the validation day
+            if valid_day not in scored:
+                scored[valid_day] = _evaluate_day(run, valid_day, cfg, device)
+            valid = scored[valid_day] | {"valid_day": valid_day}
         if valid is not None:
             result["valid_joint_recall"] = valid["joint_recall"]
         if context().is_main:

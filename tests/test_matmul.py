@@ -180,3 +180,18 @@ def test_select_line_is_recorded():
         assert matmul.backend() == "mkl"
     finally:
         matmul.set_backend(was)
+
+
+@needs_onednn
+def test_a_weight_updated_in_place_is_read_again(backend):
+    """The optimiser updates weights in place between steps: oneDNN's product must read the new
+    values (no reordered copy kept from an earlier call)."""
+    backend("onednn")
+    x, w, b, _ = _linear_case(M=500)
+    x, w, b = x.detach(), w.detach(), b.detach()
+    first = matmul.linear(x, w, b)
+    w.add_(0.25)
+    b.sub_(1.0)
+    again = matmul.linear(x, w, b)
+    assert not torch.allclose(first, again)
+    assert torch.allclose(again, F.linear(x, w, b), rtol=1e-5, atol=1e-4)

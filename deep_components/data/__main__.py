@@ -19,8 +19,6 @@ from ..parsing import OneLineParser
 from . import layout
 from .errors import DataError
 
-DEFAULT_TZ = "Asia/Shanghai"      # timefeat's default (imported with pandas only to convert)
-
 
 def main(argv: list[str] | None = None) -> int:
     ap = OneLineParser(prog="python -m deep_components.data", description=__doc__,
@@ -29,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setting", default="two_stage",
                     help="a registered setting (two_stage, three_stage, ...; default two_stage)")
     ap.add_argument("--days", nargs="*", help="dates to convert (default: all)")
-    ap.add_argument("--tz", default=DEFAULT_TZ, help="time zone of the calendar features")
+    ap.add_argument("--tz", default=layout.DEFAULT_TZ, help="time zone of the calendar features")
     ap.add_argument("--cache_dir", default=None, help="cache folder (default <root>/.lcron_cache)")
     ap.add_argument("--check", action="store_true",
                     help="check the folder without converting: every file the days need (default: "

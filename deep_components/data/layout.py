@@ -13,6 +13,9 @@ from pathlib import Path
 
 from .errors import DataError
 
+#: the time zone of RecFlow's timestamps (UTC+8), in which calendar features are computed
+DEFAULT_TZ = "Asia/Shanghai"
+
 TABLE_EXTS = (".feather", ".parquet")
 ALL_STAGE = "all_stage"
 REALSHOW = "realshow"

@@ -10,7 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-DEFAULT_TZ = "Asia/Shanghai"
+from .layout import DEFAULT_TZ
+
 _EPOCH_WEEKDAY = 3  # 1970-01-01 was a Thursday (Monday = 0)
 
 

@@ -37,7 +37,8 @@ def _swap_final_labels(root, day):
             w.add(rid, g)
 
 
-def test_the_sweep_chooses_on_the_validation_day_and_ignores_the_test_days_labels(tiny_copy, tmp_path):
+def test_the_sweep_chooses_on_the_validation_day_and_ignores_the_test_days_labels(tiny_copy, tmp_path,
+                                                                                  monkeypatch):
     first = _sweep(tiny_copy, tmp_path / "runs")
     assert (first["valid_day"], first["test_day"]) == ("2024-01-15", "2024-01-16")
     points = first["points"]
@@ -61,6 +62,23 @@ def test_the_sweep_chooses_on_the_validation_day_and_ignores_the_test_days_label
     # a sweep run again uses its finished runs
     again = _sweep(other, tmp_path / "runs2")
     assert again["points"] == second["points"]
+    # evaluated with --test_day on its validation day, a run scores that day once
+    from deep_components import cli, evaluation
+
+    calls = []
+    real = evaluation._evaluate_day
+    monkeypatch.setattr(evaluation, "_evaluate_day", lambda run, day, *a: calls.append(day) or real(run, day, *a))
+    run_dir = tmp_path / "runs2" / "two_stage" / "lcron" / f"run-30-{second['chosen_tag']}"
+    assert cli.main(None, "evaluate", ["--setting", "two_stage", "--method", "lcron", "--run_dir",
+                                       str(run_dir), "--data_dir", str(other), "--test_day",
+                                       "2024-01-15", "--device", "cpu", "--no_progress",
+                                       "--no_tensorboard"]) == 0
+    assert calls == ["2024-01-15"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    valid = json.loads((run_dir / "valid_metrics.json").read_text())
+    assert metrics["joint_recall"] == valid["joint_recall"] == metrics["valid_joint_recall"]
+    chosen = next(p for p in second["points"] if p["values"] == second["chosen"])
+    assert metrics["joint_recall"] == chosen["valid"][0]          # one run: its own recall
 
 
 def test_grid_values_are_typed_and_checked():
