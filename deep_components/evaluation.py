@@ -50,7 +50,6 @@ def evaluate_run(cfg: RunConfig, given: set[str] | frozenset = frozenset()) -> d
             if valid_day not in scored:
                 scored[valid_day] = _evaluate_day(run, valid_day, cfg, device)
             valid = scored[valid_day] | {"valid_day": valid_day}
-        if valid is not None:
             result["valid_joint_recall"] = valid["joint_recall"]
         if context().is_main:
             folder.write_result("metrics", result)

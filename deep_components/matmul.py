@@ -100,6 +100,12 @@ def selected() -> str | None:
     return _selected
 
 
+def tracing() -> bool:
+    """Whether the towers are being traced for export (TorchScript or ONNX): the native
+    kernels and oneDNN's product cannot be recorded, their plain-operator forms are."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
+
+
 def _pointwise(x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
     """oneDNN's ``x @ w.T + b``: x [M, K], w [N, K] (both contiguous), b [N] or None -> [M, N]."""
     return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
@@ -129,9 +135,7 @@ class _OneDNNLinear(torch.autograd.Function):
 def _takes_onednn(x: Tensor, w: Tensor) -> bool:
     return (_backend == "onednn" and x.device.type == "cpu" and x.dtype == torch.float32
             and w.dtype == torch.float32 and x.dim() == 2 and x.shape[0] >= MIN_ROWS
-            and not torch.is_autocast_enabled("cpu")
-            and not (torch.jit.is_tracing() or torch.jit.is_scripting()
-                     or torch.onnx.is_in_onnx_export()))
+            and not torch.is_autocast_enabled("cpu") and not tracing())
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import kernels
 from .embedding_init import fill_table
-from .matmul import linear
+from .matmul import linear, tracing
 
 if TYPE_CHECKING:
     from .spec import CascadeSpec
@@ -413,12 +413,6 @@ class DIN(Tower):
         ctx = self.emb.context(context)                                                  # [B, 64]
         x = torch.cat([interest, query, self.emb.upload_time(items)], dim=-1)            # [B, N, 104]
         return shared_input_mlp(self.net, ctx, x, self.split_input).squeeze(-1)
-
-
-def tracing() -> bool:
-    """Whether the towers are being traced for export (TorchScript or ONNX): the native
-    kernels cannot be recorded, their plain-operator forms are."""
-    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
 
 def build_tower(name: str, id_counts: Mapping[str, int], dim: int = 8, units: int = 128,
