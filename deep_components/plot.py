@@ -64,3 +64,23 @@ def plot_over_days(df: pd.DataFrame, title: str, path: str | Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+def plot_curves(df: pd.DataFrame, title: str, path: str | Path) -> Path:
+    """Validation joint recall against training step, one line per method (the mean over runs,
+    the band between the lowest and highest run); ``df`` columns: method, step, mean, min, max."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(9, 5))
+    for method, g in df.groupby("method", sort=False):
+        g = g.sort_values("step")
+        (line,) = ax.plot(g["step"], g["mean"], marker="o", markersize=3, label=method)
+        ax.fill_between(g["step"], g["min"], g["max"], color=line.get_color(), alpha=0.15)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("validation joint recall (mean; band: min-max over runs)")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -142,6 +142,11 @@ PRESETS: dict[str, dict] = {
     "medium": dict(days=6, requests_per_day=50_000, users=20_000, videos=200_000,
                    authors=30_000, cate1=40, cate2=400, upload_types=20, pool_size=100,
                    prerank_keep=70, coarse_keep=50, **PRODUCTION_WORLD),
+    # the paper's split shape at its training length: 22 training days, a validation day and a
+    # test day; 22 x 48,000 requests is one pass of 1,031 steps at batch 1024 (bench/fidelity.py)
+    "paper-length": dict(days=24, requests_per_day=48_000, users=20_000, videos=200_000,
+                         authors=30_000, cate1=40, cate2=400, upload_types=20, pool_size=100,
+                         prerank_keep=70, coarse_keep=50, **PRODUCTION_WORLD),
     # the first world (every stage sees r plus noise), kept to compare side by side
     "small-v1": dict(days=6, requests_per_day=8_192, users=1_000, videos=6_000, authors=1_000,
                      cate1=20, cate2=100, upload_types=10, pool_size=100, prerank_keep=70,

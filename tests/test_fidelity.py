@@ -1,0 +1,88 @@
+"""bench/fidelity.py: the curve's steps, its crossings, and a grid that stops and resumes on the
+tiny dataset (two methods) to the same results as one uninterrupted run."""
+from __future__ import annotations
+
+import importlib.util
+import json
+
+import pandas as pd
+import pytest
+
+from helpers import REPO
+
+spec = importlib.util.spec_from_file_location("fidelity", REPO / "bench" / "fidelity.py")
+fidelity = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(fidelity)
+
+
+def test_checkpoints_end_at_the_pass_and_are_evenly_spaced():
+    assert fidelity.checkpoints(1031, 10) == [103, 206, 309, 412, 516, 619, 722, 825, 928, 1031]
+    assert fidelity.checkpoints(8, 2) == [4, 8]
+    assert fidelity.checkpoints(3, 10) == [1, 2, 3]          # never a step twice, never step 0
+
+
+def test_crossings_name_the_step_after_the_order_changes():
+    t = pd.DataFrame({"a": [0.5, 0.6, 0.7], "b": [0.6, 0.62, 0.65], "c": [0.1, 0.2, 0.3]},
+                     index=[10, 20, 30])
+    assert fidelity.crossings(t) == ["- a over b after step 30"]
+    t2 = pd.DataFrame({"a": [0.5, 0.7, 0.5], "b": [0.6, 0.6, 0.6]}, index=[1, 2, 3])
+    assert fidelity.crossings(t2) == ["- b over a after step 3 (order changed at steps 2, 3)"]
+    assert fidelity.crossings(t[["a", "c"]]) == ["- none: every pair keeps its order at every point"]
+
+
+def _args(data, out, *extra):
+    return ["--data_dir", str(data), "--settings", "two_stage", "--methods", "bce", "lcron",
+            "--run_ids", "1", "--points", "2", "--batch_size", "64", "--out", str(out), *extra]
+
+
+def test_the_grid_stops_resumes_and_matches_an_uninterrupted_run(tiny_root, tmp_path, capsys):
+    run = fidelity.Runner(in_process=True)
+    out = tmp_path / "fid"
+    assert fidelity.main(_args(tiny_root, out, "--max_segments", "1"), run) == 3
+    state = out / "curves" / "two_stage"
+    first = json.loads((state / "bce" / "run-1.json").read_text())
+    assert [p["step"] for p in first["points"]] == [4] and not first["done"]
+    assert not (state / "lcron" / "run-1.json").exists()
+
+    assert fidelity.main(_args(tiny_root, out), run) == 0
+    bce = json.loads((state / "bce" / "run-1.json").read_text())
+    lcron = json.loads((state / "lcron" / "run-1.json").read_text())
+    assert bce["points"][0] == first["points"][0]             # the first segment was not redone
+    assert [p["step"] for p in bce["points"]] == [4, 8] and bce["done"] and lcron["done"]
+    for st in (bce, lcron):
+        assert set(st["points"][0]["stage_recall"]) == {"retrieval", "prerank"}
+        assert 0 < st["points"][-1]["valid_joint_recall"] <= 1
+
+    # the stopped-and-resumed run gives the bits of one pass trained in one go
+    plain = tmp_path / "plain"
+    common = ["--setting", "two_stage", "--method", "bce", "--run_id", "1", "--data_dir",
+              str(tiny_root), "--runs_root", str(plain), "--device", "cpu"]
+    days = sorted(p.stem for p in (tiny_root / "realshow").iterdir())
+    assert run("train", common + ["--train_days", *days[:-2], "--valid_day", days[-2],
+                                  "--test_day", days[-1], "--batch_size", "64", "--no_progress"])[0] == 0
+    assert run("evaluate", common)[0] == 0
+    m = json.loads((plain / "two_stage" / "bce" / "run-1" / "metrics.json").read_text())
+    assert m["joint_recall"] == bce["test_joint_recall"]
+    assert m["valid_joint_recall"] == bce["points"][-1]["valid_joint_recall"]
+
+    report = (out / "fidelity.md").read_text()
+    assert "| BCE |" in report and "| LCRON |" in report and "2 of 2 runs finished" in report
+    assert "Spearman ρ vs paper" in report
+    curves = pd.read_csv(out / "curves.csv")
+    assert len(curves) == 4 and set(curves["step"]) == {4, 8}
+    assert (out / "curves_two_stage.png").stat().st_size > 10_000
+
+    capsys.readouterr()
+    assert fidelity.main(_args(tiny_root, out), run) == 0      # a third sitting trains nothing
+    text = capsys.readouterr().out
+    assert text.count("finished earlier, skipped") == 2
+    assert "validation joint recall" not in text.split("# Fidelity")[0]     # no segment ran
+
+
+def test_a_state_made_with_other_settings_is_refused(tiny_root, tmp_path):
+    out = tmp_path / "fid"
+    st = out / "curves" / "two_stage" / "bce"
+    st.mkdir(parents=True)
+    (st / "run-1.json").write_text(json.dumps({"data_dir": "elsewhere", "points": [], "done": False}))
+    with pytest.raises(SystemExit, match="run-1.json was made with other settings"):
+        fidelity.main(_args(tiny_root, out, "--report"), fidelity.Runner(in_process=True))
