@@ -53,22 +53,20 @@ def split_days(data_dir: Path) -> tuple[list[str], str, str]:
     return days[:-2], days[-2], days[-1]
 
 
-def pass_steps(data_dir: Path, train_days: list[str], batch_size: int) -> int:
-    """Steps of one pass (each day gives requests // batch_size steps, as training takes them)."""
+def pass_steps(data_dir: Path, train_days: list[str], batch_size: int, setting: str) -> int:
+    """Steps of one pass: each day gives ``requests // batch_size`` steps, as training takes them.
+    A synthetic folder states its requests a day; any other day is opened as training opens it
+    (``load_day``, the same default cache, so training reuses the conversion)."""
     from deep_components.data.layout import synthetic_info
 
     info = synthetic_info(data_dir)
     if info is not None:
         per_day = [int(info["params"]["requests_per_day"])] * len(train_days)
     else:
-        import pickle
+        from deep_components.data import load_day
+        from deep_components.specs import get_spec
 
-        from deep_components.data.layout import pickle_path
-
-        per_day = []
-        for d in train_days:
-            with open(pickle_path(data_dir, "request_id_dict", d), "rb") as f:
-                per_day.append(len(pickle.load(f)))
+        per_day = [load_day(data_dir, d, get_spec(setting)).num_requests for d in train_days]
     steps = sum(n // batch_size for n in per_day)
     if steps < 1:
         raise SystemExit(f"error: --batch_size {batch_size} leaves no training step in {data_dir}")
@@ -108,11 +106,12 @@ class Bench:
         self.a, self.data_dir, self.run = a, data_dir, runner
         self.out = Path(a.out)
         self.train_days, self.valid_day, self.test_day = split_days(data_dir)
-        self.total = pass_steps(data_dir, self.train_days, a.batch_size)
+        self.total = pass_steps(data_dir, self.train_days, a.batch_size, a.settings[0])
         self.steps = checkpoints(self.total, a.points)
         self.rate: dict[str, list[float]] = {}        # setting -> [seconds, steps] this sitting
         self.eval_s: list[float] = []
         self.segments = 0
+        self.states: dict[tuple[str, str, int], dict] = {}   # each run's state, read once
 
     # -- one run --------------------------------------------------------------------------
     def state_path(self, setting: str, method: str, rid: int) -> Path:
@@ -130,8 +129,13 @@ class Bench:
         p = self.state_path(setting, method, rid)
         p.parent.mkdir(parents=True, exist_ok=True)
         write_json(p, st)
+        self.states[setting, method, rid] = st
 
     def load_state(self, setting: str, method: str, rid: int) -> dict:
+        """The run's state: from this sitting's memory, else its file (checked against this
+        sitting's settings), else a new one."""
+        if (setting, method, rid) in self.states:
+            return self.states[setting, method, rid]
         p = self.state_path(setting, method, rid)
         want = {"data_dir": str(self.data_dir), "batch_size": self.a.batch_size,
                 "total_steps": self.total, "steps": self.steps, "train_args": self.a.train_args}
@@ -140,8 +144,10 @@ class Bench:
             if {k: st.get(k) for k in want} != want:
                 raise SystemExit(f"error: {p} was made with other settings ({ {k: st.get(k) for k in want} }); "
                                  "use another --out or remove it")
-            return st
-        return want | {"points": [], "done": False}
+        else:
+            st = want | {"points": [], "done": False}
+        self.states[setting, method, rid] = st
+        return st
 
     def check(self, rc: int, err: str, what: str) -> None:
         if rc != 0:
@@ -234,11 +240,9 @@ class Bench:
         rows = []
         for method in self.a.methods:
             for rid in self.a.run_ids:
-                p = self.state_path(setting, method, rid)
-                if p.exists():
-                    for pt in read_json(p)["points"]:
-                        rows.append({"setting": setting, "method": method, "run_id": rid,
-                                     "step": pt["step"], "valid_joint_recall": pt["valid_joint_recall"]})
+                for pt in self.load_state(setting, method, rid)["points"]:
+                    rows.append({"setting": setting, "method": method, "run_id": rid,
+                                 "step": pt["step"], "valid_joint_recall": pt["valid_joint_recall"]})
         return pd.DataFrame(rows, columns=["setting", "method", "run_id", "step", "valid_joint_recall"])
 
     def report(self) -> str:

@@ -16,6 +16,15 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str | Path) -> Path:
+    """Lay ``fig`` out, write it to ``path`` (PNG, 120 dpi), close it; returns the path."""
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_comparison(df: pd.DataFrame, stage_titles: list[str], title: str, path: str | Path) -> Path:
     """Left: joint recall per method (mean ± std); right: per-stage recall beside it.
 
@@ -41,11 +50,7 @@ def plot_comparison(df: pd.DataFrame, stage_titles: list[str], title: str, path:
     ax2.set_title("per-stage Recall@10@quota")
     ax2.legend(fontsize=8)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_over_days(df: pd.DataFrame, title: str, path: str | Path) -> Path:
@@ -59,11 +64,7 @@ def plot_over_days(df: pd.DataFrame, title: str, path: str | Path) -> Path:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncol=2)
     fig.autofmt_xdate()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def plot_curves(df: pd.DataFrame, title: str, path: str | Path) -> Path:
@@ -79,8 +80,4 @@ def plot_curves(df: pd.DataFrame, title: str, path: str | Path) -> Path:
     ax.set_ylabel("validation joint recall (mean; band: min-max over runs)")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

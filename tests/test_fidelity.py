@@ -30,6 +30,21 @@ def test_crossings_name_the_step_after_the_order_changes():
     assert fidelity.crossings(t[["a", "c"]]) == ["- none: every pair keeps its order at every point"]
 
 
+def test_a_pass_without_the_synthetic_marker_counts_the_loaders_requests(tiny_root, tiny_copy):
+    """Real data has no SYNTHETIC.json: the pass is counted from the days as training opens them,
+    and comes to the steps the marker states."""
+    days = sorted(p.stem for p in (tiny_root / "realshow").iterdir())[:-2]
+    per_day = json.loads((tiny_root / "SYNTHETIC.json").read_text())["params"]["requests_per_day"]
+    (tiny_copy / "SYNTHETIC.json").unlink()
+    for bs in (64, 100):
+        want = len(days) * (per_day // bs)
+        assert fidelity.pass_steps(tiny_root, days, bs, "two_stage") == want
+        assert fidelity.pass_steps(tiny_copy, days, bs, "three_stage") == want
+    assert (tiny_copy / ".lcron_cache").is_dir()               # converted where training looks
+    with pytest.raises(SystemExit, match="leaves no training step"):
+        fidelity.pass_steps(tiny_copy, days, per_day + 1, "two_stage")
+
+
 def _args(data, out, *extra):
     return ["--data_dir", str(data), "--settings", "two_stage", "--methods", "bce", "lcron",
             "--run_ids", "1", "--points", "2", "--batch_size", "64", "--out", str(out), *extra]
