@@ -1,11 +1,24 @@
 """Shared fixtures: a tiny synthetic RecFlow dataset generated once per test session."""
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
 
 from deep_components.data.synthetic import generate, preset_params
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (``-n``, the default) each worker is one of several processes sharing
+    the cores: it and the commands it starts use one thread each, so the workers never
+    oversubscribe the machine (an OpenMP team waiting on a descheduled thread is slower than
+    one thread)."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

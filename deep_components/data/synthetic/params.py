@@ -143,7 +143,7 @@ PRESETS: dict[str, dict] = {
                    authors=30_000, cate1=40, cate2=400, upload_types=20, pool_size=100,
                    prerank_keep=70, coarse_keep=50, **PRODUCTION_WORLD),
     # the paper's split shape at its training length: 22 training days, a validation day and a
-    # test day; 22 x 48,000 requests is one pass of 1,031 steps at batch 1024 (bench/fidelity.py)
+    # test day; 22 x 48,000 requests is one pass of 22 x 46 = 1,012 steps at batch 1024 (bench/fidelity.py)
     "paper-length": dict(days=24, requests_per_day=48_000, users=20_000, videos=200_000,
                          authors=30_000, cate1=40, cate2=400, upload_types=20, pool_size=100,
                          prerank_keep=70, coarse_keep=50, **PRODUCTION_WORLD),
