@@ -248,7 +248,7 @@ class Bench:
     def report(self) -> str:
         import pandas as pd
 
-        from deep_components.collect import collect, compare
+        from deep_components.collect import collect, compare, load_metrics
         from deep_components.plot import plot_curves
 
         parts, frames = [f"# Fidelity at {self.total} steps ({self.data_dir.name})", ""], []
@@ -260,8 +260,11 @@ class Bench:
             done_methods = sorted({m for (m, _), st in runs.items() if st["done"]})
             if done_methods:
                 with contextlib.redirect_stderr(io.StringIO()):
-                    _, md = collect(self.out, setting, done_methods, self.out / "tables")
-                    parts += [md, "", compare([self.out], setting, done_methods), ""]
+                    _, md = collect(self.out, setting, done_methods, self.out / "tables",
+                                    test_day=self.test_day)
+                    parts += [md, "", compare([self.out], setting, done_methods, self.test_day), ""]
+                    parts += group_flow_table(load_metrics(self.out, setting, done_methods,
+                                                           self.test_day), setting)
             df = self.curves(setting)
             frames.append(df)
             if not df.empty:
@@ -276,6 +279,40 @@ class Bench:
         text = "\n".join(parts)
         (self.out / "fidelity.md").write_text(text + "\n")
         return text
+
+
+def group_flow_table(metrics: list[dict], setting: str) -> list[str]:
+    """Markdown lines: per method (mean over its runs' test-day ``groups``), the share of the
+    ground-truth group each stage lets through in the cascade, then what the last stage's
+    survivors are made of, by logged group.  Empty when no run carries the groups."""
+    import numpy as np
+
+    from deep_components.loss.registry import display_name
+    from deep_components.specs import get_spec
+
+    spec = get_spec(setting)
+    names, last, pos = spec.stage_names, spec.stage_names[-1], spec.positive_group
+    rows: dict[str, list[list[float]]] = {}
+    for m in metrics:
+        if not all("groups" in m["stages"][n] for n in names):
+            continue
+        flow = m["stages"]
+        rows.setdefault(m["method"], []).append([flow[n]["groups"][pos]["survival"] for n in names]
+                                                + [flow[last]["groups"][g]["share"] for g in spec.groups])
+    if not rows:
+        return []
+    lines = [f"Where the cascade's cuts fall on the test day (mean over runs): the share of `{pos}` "
+             f"(the ground truth) alive after each stage, and what {last}'s {spec.quotas[-1]} "
+             "survivors are made of, by logged group:", "",
+             "| method | " + " | ".join(f"{pos} after {n}" for n in names) + " | "
+             + " | ".join(f"{last} set: {g}" for g in spec.groups) + " | runs |",
+             "|---|" + "---|" * (len(names) + len(spec.groups) + 1)]
+    order = [m for m in METHODS if m in rows] + sorted(set(rows) - set(METHODS))
+    for method in order:
+        v = np.mean(rows[method], axis=0)
+        lines.append(f"| {display_name(method)} | " + " | ".join(f"{x:.3f}" for x in v)
+                     + f" | {len(rows[method])} |")
+    return lines + [""]
 
 
 def crossings(table) -> list[str]:

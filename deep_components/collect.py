@@ -27,8 +27,10 @@ from .errors import UsageError, report_error
 METRIC_KEYS = ("method", "joint_recall", "stages")
 
 
-def load_metrics(runs_root: Path, setting: str, methods: list[str] | None = None) -> list[dict]:
-    """Every run folder's metrics under ``runs_root/setting`` that describe its current training.
+def load_metrics(runs_root: Path, setting: str, methods: list[str] | None = None,
+                 test_day: str | None = None) -> list[dict]:
+    """Every run folder's metrics under ``runs_root/setting`` that describe its current training
+    (with ``test_day``: only those scored on that day).
 
     A metrics file that is not this program's (corrupt, missing keys) is an error naming it;
     one whose run key differs from its folder's config.json (results of an earlier training
@@ -45,7 +47,8 @@ def load_metrics(runs_root: Path, setting: str, methods: list[str] | None = None
             m = folder.read_result("metrics", METRIC_KEYS)
         finally:
             lock.release()
-        if m is None or (methods and m["method"] not in methods):
+        if m is None or (methods and m["method"] not in methods) \
+                or (test_day and m.get("test_day") != test_day):
             continue
         if m["run_key"] in keys:
             raise UsageError(f"{folder.path} and {keys[m['run_key']]} hold the same training (run "
@@ -196,10 +199,11 @@ def ordering_note(metrics: list[dict], setting: str) -> str | None:
 
 
 def collect(runs_root: str | Path, setting: str, methods: list[str] | None = None,
-            out_dir: str | Path | None = None, plot: bool = False) -> tuple[pd.DataFrame, str]:
+            out_dir: str | Path | None = None, plot: bool = False,
+            test_day: str | None = None) -> tuple[pd.DataFrame, str]:
     """Build, write (``<out_dir>/<setting>_results.{md,csv}``, and ``.png`` with ``plot``) and
-    return (table, markdown)."""
-    metrics = load_metrics(Path(runs_root), setting, methods)
+    return (table, markdown); ``test_day``: only runs scored on that day."""
+    metrics = load_metrics(Path(runs_root), setting, methods, test_day)
     if not metrics:
         raise FileNotFoundError(f"no {METRICS} under {Path(runs_root) / setting}")
     check_one_dataset(metrics, f"{runs_root}/{setting}")
@@ -233,11 +237,13 @@ def column_labels(roots: list[str | Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def compare(runs_roots: list[str | Path], setting: str, methods: list[str] | None = None) -> str:
+def compare(runs_roots: list[str | Path], setting: str, methods: list[str] | None = None,
+            test_day: str | None = None) -> str:
     """One Markdown table of mean joint recall per method (rows, the registry's order) and runs
     root (columns, e.g. two synthetic worlds), beside the paper's RecFlow numbers where it has
     them, with each column's Spearman ρ against the paper's ordering and rank within the column.
-    Each root must hold one dataset's runs; a root given twice is an error."""
+    Each root must hold one dataset's runs; a root given twice is an error.  ``test_day``: only
+    runs scored on that day."""
     from .paper import PAPER_JOINT_RECALL, rho_vs_paper
 
     resolved = [Path(r).resolve() for r in runs_roots]
@@ -246,7 +252,7 @@ def compare(runs_roots: list[str | Path], setting: str, methods: list[str] | Non
         raise UsageError(f"--compare {dup}: given twice; each runs root is one column")
     cols: dict[str, dict[str, float]] = {}
     for root, label in zip(runs_roots, column_labels(runs_roots)):
-        metrics = load_metrics(Path(root), setting, methods)
+        metrics = load_metrics(Path(root), setting, methods, test_day)
         if not metrics:
             raise FileNotFoundError(f"no {METRICS} under {Path(root) / setting}"
                                     + (f" for {', '.join(methods)}" if methods else ""))

@@ -145,6 +145,28 @@ def _kendall_block(s: np.ndarray, lab: np.ndarray, m: np.ndarray) -> np.ndarray:
     return out
 
 
+def cascade_survivors(stage_scores: Sequence, mask, quotas: Sequence[int], *,
+                      perm=None) -> list[np.ndarray]:
+    """The slots alive after each stage: list of T bool [R, N] (columns in ``perm`` order when
+    given).  Stage t keeps its top ``quotas[t]`` among the survivors of stage t-1 (§7.5)."""
+    if len(stage_scores) != len(quotas):
+        raise ValueError(f"need one quota per stage, got {len(stage_scores)} stages and "
+                         f"{len(quotas)} quotas")
+    m = _np(mask).astype(bool, copy=False)
+    if perm is not None:
+        m = m[:, np.asarray(perm)]
+    alive, out = m.copy(), []
+    for sc, q in zip(stage_scores, quotas):
+        s = _np(sc, np.float64)
+        if s.shape != m.shape:
+            raise ValueError(f"stage scores of shape {s.shape} do not match the mask's {m.shape}")
+        if perm is not None:
+            s = s[:, np.asarray(perm)]
+        alive = _top_set(np.where(alive, s, -np.inf), q) & alive
+        out.append(alive)
+    return out
+
+
 def cascade_recall(stage_scores: Sequence, labels, mask, quotas: Sequence[int], k: int = 10,
                    *, perm=None) -> np.ndarray:
     """Joint recall of the cascade (methods.md §7.5): stage t keeps its top ``quotas[t]`` among the
@@ -152,10 +174,25 @@ def cascade_recall(stage_scores: Sequence, labels, mask, quotas: Sequence[int], 
     if len(stage_scores) != len(quotas):
         raise ValueError(f"need one quota per stage, got {len(stage_scores)} stages and "
                          f"{len(quotas)} quotas")
-    _, lab, msk = _prepare(stage_scores[0], labels, mask, perm)
-    gt = _ground_truth(lab, msk, k)
-    alive = msk.copy()
-    for sc, q in zip(stage_scores, quotas):
-        s = _prepare(sc, labels, mask, perm)[0]
-        alive = _top_set(np.where(alive, s, -np.inf), q) & alive
-    return (gt & alive).sum(axis=1) / k
+    return survivor_recall(cascade_survivors(stage_scores, mask, quotas, perm=perm)[-1], labels,
+                           mask, k, perm=perm)
+
+
+def survivor_recall(alive, labels, mask, k: int = 10, *, perm=None) -> np.ndarray:
+    """|alive ∩ top-k labels| / k per request; ``alive`` [R, N] bool in ``perm``'s column order
+    (the last stage's ``cascade_survivors``: the joint recall)."""
+    _, lab, msk = _prepare(alive, labels, mask, perm)
+    return (_ground_truth(lab, msk, k) & np.asarray(alive, dtype=bool)).sum(axis=1) / k
+
+
+def group_counts(survivors: Sequence[np.ndarray], mask, group_size: int) -> np.ndarray:
+    """How many of each logged group's slots are alive after each stage: int64 [T + 1, G] summed
+    over requests (row 0: the valid slots before the first stage).  Slots are grouped in
+    ``group_size`` blocks in the spec's group order, as the reader lays them out; the survivors'
+    columns must be in that order (``cascade_survivors`` without ``perm``)."""
+    m = _np(mask).astype(bool, copy=False)
+    R, N = m.shape
+    if N % group_size:
+        raise ValueError(f"{N} slots are not whole groups of {group_size}")
+    rows = [m] + list(survivors)
+    return np.stack([a.reshape(R, N // group_size, group_size).sum(axis=(0, 2)) for a in rows])

@@ -3,7 +3,9 @@
 
 Scores every request of the day (no dropped batch), then computes per request: joint (cascade)
 recall and, per stage, Recall@10@quota, NDCG@10 and Kendall τ; averages over all requests
-(Kendall over requests where it is defined).  Ties are broken as the reference does: a NumPy
+(Kendall over requests where it is defined).  Beside them, per stage, where the logged groups go
+in the cascade: the share of each group's slots the stage lets through, and the share of its
+survivors each group makes up (``groups``).  Ties are broken as the reference does: a NumPy
 legacy RNG seeded with 1024 draws one column permutation per batch of ``batch_size`` requests,
 first for the joint pass, then for each stage from the last to the first (methods.md §7.1).
 """
@@ -68,10 +70,12 @@ def cascade_metrics(scores: Sequence[np.ndarray], labels: np.ndarray, mask: np.n
     joint_perms = [rs.permutation(N) for _ in blocks]
     stage_perms = {t: [rs.permutation(N) for _ in blocks] for t in reversed(range(spec.num_stages))}
 
-    def joint_block(i: int) -> np.ndarray:
-        sl = blocks[i]
-        return M.cascade_recall([s[sl] for s in scores], labels[sl], mask[sl], spec.quotas,
-                                spec.gt_num, perm=joint_perms[i])
+    def joint_block(i: int) -> tuple[np.ndarray, np.ndarray]:
+        sl, perm = blocks[i], joint_perms[i]
+        alive = M.cascade_survivors([s[sl] for s in scores], mask[sl], spec.quotas, perm=perm)
+        inverse = np.argsort(perm)                  # survivors back in slot (group) order
+        return (M.survivor_recall(alive[-1], labels[sl], mask[sl], spec.gt_num, perm=perm),
+                M.group_counts([a[:, inverse] for a in alive], mask[sl], spec.group_size))
 
     def stage_block(t: int, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         sl, perm, st = blocks[i], stage_perms[t][i], spec.stages[t]
@@ -80,7 +84,7 @@ def cascade_metrics(scores: Sequence[np.ndarray], labels: np.ndarray, mask: np.n
                 M.ndcg_at_k(s, lab, m, spec.gt_num, perm=perm), M.kendall_tau(s, lab, m))
 
     with ThreadPoolExecutor(max_workers=max(1, torch.get_num_threads())) as pool:  # numpy frees the GIL
-        joint = np.concatenate(list(pool.map(joint_block, range(len(blocks))))) if blocks else np.empty(0)
+        joint_parts = list(pool.map(joint_block, range(len(blocks))))
         per_stage = {t: list(pool.map(lambda i, t=t: stage_block(t, i), range(len(blocks))))
                      for t in stage_perms}
     stages = {}
@@ -93,8 +97,23 @@ def cascade_metrics(scores: Sequence[np.ndarray], labels: np.ndarray, mask: np.n
                            "ndcg": float(ndcg.mean()),
                            "kendall": float(tau[ok].mean()) if ok.any() else float("nan"),
                            "kendall_requests": int(ok.sum())}
-    ordered = {st.name: stages[st.name] for st in spec.stages}
+    joint = np.concatenate([p[0] for p in joint_parts]) if blocks else np.empty(0)
+    counts = (sum(p[1] for p in joint_parts) if blocks
+              else np.zeros((spec.num_stages + 1, spec.num_groups), dtype=np.int64))
+    ordered = {st.name: {**stages[st.name], "groups": _group_flow(counts, t, spec)}
+               for t, st in enumerate(spec.stages)}
     return {"requests": int(R), "joint_recall": float(joint.mean()), "stages": ordered}
+
+
+def _group_flow(counts: np.ndarray, t: int, spec: CascadeSpec) -> dict[str, dict[str, float]]:
+    """Per logged group after stage t (``counts``: metrics.group_counts summed over the day):
+    ``survival``, the share of the group's valid slots still alive in the cascade, and
+    ``share``, the share of the stage's survivors that come from the group."""
+    alive, total = counts[t + 1], counts[0]
+    n_alive = int(alive.sum())
+    return {g: {"survival": float(alive[i] / total[i]) if total[i] else float("nan"),
+                "share": float(alive[i] / n_alive) if n_alive else float("nan")}
+            for i, g in enumerate(spec.groups)}
 
 
 def evaluate(models: Sequence[nn.Module], day: DayData, spec: CascadeSpec, device: torch.device,

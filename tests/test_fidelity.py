@@ -101,3 +101,30 @@ def test_a_state_made_with_other_settings_is_refused(tiny_root, tmp_path):
     (st / "run-1.json").write_text(json.dumps({"data_dir": "elsewhere", "points": [], "done": False}))
     with pytest.raises(SystemExit, match="run-1.json was made with other settings"):
         fidelity.main(_args(tiny_root, out, "--report"), fidelity.Runner(in_process=True))
+
+
+def test_the_report_counts_finished_runs_only_and_shows_where_the_cuts_fall(tiny_root, tmp_path):
+    """Run 2 stops after its first segment: its folder then holds the validation day's metrics,
+    which neither the tables nor the group flow may count."""
+    out = tmp_path / "fid"
+    args = ["--data_dir", str(tiny_root), "--settings", "two_stage", "--methods", "bce",
+            "--run_ids", "1", "2", "--points", "2", "--batch_size", "64", "--out", str(out)]
+    assert fidelity.main(args + ["--max_segments", "3"], fidelity.Runner(in_process=True)) == 3
+    stopped = json.loads((out / "two_stage" / "bce" / "run-2" / "metrics.json").read_text())
+    assert stopped["test_day"] == "2024-01-15"                     # the validation day's scores
+    report = (out / "fidelity.md").read_text()
+    assert "1 of 2 runs finished" in report
+    lines = report.splitlines()
+    row = next(x for x in lines if x.startswith("| BCE | 0."))
+    head = [c.strip() for c in lines[lines.index(row) - 2].split("|")]
+    done = json.loads((out / "two_stage" / "bce" / "run-1" / "metrics.json").read_text())
+    cells = [c.strip() for c in row.split("|")]
+    assert cells[head.index("joint")] == f"{done['joint_recall']:.4f} ± 0.0000"
+    assert cells[head.index("runs")] == "1"
+    flow = next(x for x in report.splitlines() if x.startswith("| BCE | ") and x.count("|") == 9)
+    cells = [float(c) for c in flow.split("|")[2:8]]
+    groups = done["stages"]["prerank"]["groups"]
+    assert cells[1] == pytest.approx(groups["rank_pos"]["survival"], abs=5e-4)
+    assert cells[1] == pytest.approx(done["joint_recall"], abs=5e-4)       # full positive groups
+    assert sum(cells[2:6]) == pytest.approx(1.0, abs=2e-3) and cells[0] >= cells[1]
+    assert flow.endswith("| 1 |")

@@ -147,3 +147,48 @@ def test_torch_inputs_and_undefined_kendall():
     assert M.recall_at_k(s.float(), torch.tensor([[1, 2, 3]]), mask.bool(), 1, m=1)[0] == 1.0
     with pytest.raises(ValueError, match="one quota per stage"):
         M.cascade_recall([s, s], lab, mask, (2,))
+
+
+def test_cascade_survivors_and_group_counts_by_hand():
+    # 2 groups of 3 slots; stage 1 keeps 4 of the valid slots, stage 2 keeps 2 of those
+    s1 = np.array([[6.0, 1, 5, 4, 3, 2], [1.0, 2, 3, 4, 5, 6]])
+    s2 = np.array([[1.0, 9, 2, 3, 8, 7], [6.0, 5, 4, 3, 2, 1]])
+    mask = np.array([[True] * 6, [True, True, True, True, True, False]])   # one padded slot
+    a1, a2 = M.cascade_survivors([s1, s2], mask, (4, 2))
+    assert a1.tolist() == [[1, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 0]]      # padding never survives
+    assert a2.tolist() == [[0, 0, 0, 1, 1, 0], [0, 1, 1, 0, 0, 0]]      # row 0: slot 1 (9) cut by stage 1
+    counts = M.group_counts([a1, a2], mask, 3)
+    assert counts.tolist() == [[6, 5], [4, 4], [2, 2]]                  # before, after 1, after 2
+    lab = np.array([[30.0, 29, 28, 7, 7, 7]] * 2)
+    assert M.survivor_recall(a2, lab, mask, 3).tolist() == [0.0, 2 / 3]
+    assert np.array_equal(M.survivor_recall(a2, lab, mask, 3), M.cascade_recall([s1, s2], lab, mask, (4, 2), 3))
+    with pytest.raises(ValueError, match="not whole groups"):
+        M.group_counts([a1], mask, 4)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_group_flow_of_a_scored_day_matches_its_joint_recall(seed):
+    """Ties (rounded scores) and the evaluator's permutations: the positive group's survival after
+    the last stage is the joint recall when every request has a full positive group, the shares sum
+    to one, and survival only falls along the cascade."""
+    from deep_components.scoring import cascade_metrics
+
+    rng = np.random.default_rng(seed)
+    spec = THREE_STAGE
+    R, N = 700, spec.num_slots
+    scores = [np.round(rng.normal(size=(R, N)), 1).astype(np.float32) for _ in spec.stages]
+    lab = np.repeat(np.array([30 - np.arange(10)] + [[30 - spec.negative_index[g]] * 10
+                                                      for g in spec.groups[1:]]).reshape(1, N), R, 0)
+    mask = np.ones((R, N), bool)
+    mask[:50, -4:] = False                           # a short last (negative) group
+    m = cascade_metrics(scores, lab.astype(np.int16), mask, spec, batch_size=256)
+    flows = [m["stages"][st.name]["groups"] for st in spec.stages]
+    assert flows[-1][spec.positive_group]["survival"] == pytest.approx(m["joint_recall"], abs=1e-12)
+    for st, flow in zip(spec.stages, flows):
+        assert sum(g["share"] for g in flow.values()) == pytest.approx(1.0)
+        n_alive = R * st.quota
+        assert flow[spec.groups[-1]]["survival"] * (R * 10 - 200) == pytest.approx(
+            flow[spec.groups[-1]]["share"] * n_alive)
+    for g in spec.groups:
+        surv = [f[g]["survival"] for f in flows]
+        assert all(a >= b for a, b in zip(surv, surv[1:]))
