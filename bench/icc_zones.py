@@ -11,7 +11,7 @@ zone: *cut at t* (the first stage whose top-k_t misses it; E = c_t s_t, trained 
 to the loss: nothing moves it into the last stage's top-k.  For each run folder this prints the
 share of the ground truth (group 0) and of all valid slots in each zone on ``--day`` (default:
 the run's test day), the hard indicators taken at the ICC cut-offs of the run's setting, beside
-the run's joint recall on that day.
+the run's joint recall on that day, and each stage's mean cut value κ_t.
 """
 from __future__ import annotations
 
@@ -81,8 +81,18 @@ def analyse(run_dir: Path, day: str | None, device_name: str) -> dict:
     z = zones(scores, mask, cutoffs)
     joint = cascade_metrics(scores, labels, mask, spec)["joint_recall"]
     return {"run": str(run_dir), "method": run.method, "day": day, "joint_recall": joint,
-            "cutoffs": cutoffs, "stages": spec.stage_names,
+            "cutoffs": cutoffs, "stages": spec.stage_names, "kappa": cut_values(scores, mask, cutoffs),
             **zone_shares(z, mask, spec.group_size, spec.num_stages)}
+
+
+def cut_values(scores: list[np.ndarray], mask: np.ndarray, cutoffs: tuple[int, ...]) -> list[float]:
+    """Per stage, the mean over requests of κ_t, the k_t-th highest valid score: a slot just
+    below stage t's cut has E ≈ c_t κ_t, just above it the next zone's E (0 when it is dead)."""
+    out = []
+    for s, k in zip(scores, cutoffs):
+        x = np.sort(np.where(mask, s.astype(np.float64), -np.inf), axis=1)[:, ::-1]
+        out.append(float(x[:, k - 1].mean()))
+    return out
 
 
 def main(argv=None) -> int:
@@ -96,12 +106,13 @@ def main(argv=None) -> int:
     names = zone_names(rows[0]["stages"])
     lines = [f"ICC's zones of E at cut-offs {rows[0]['cutoffs']} (share of the ground truth; of all "
              "valid slots in brackets)", "",
-             "| run | method | day | joint recall | " + " | ".join(names) + " |",
-             "|---|---|---|---|" + "---|" * len(names)]
+             "| run | method | day | joint recall | " + " | ".join(names) + " | "
+             + " | ".join(f"κ {n}" for n in rows[0]["stages"]) + " |",
+             "|---|---|---|---|" + "---|" * (len(names) + len(rows[0]["stages"]))]
     for r in sorted(rows, key=lambda r: r["joint_recall"]):
         cells = [f"{g:.3f} ({a_:.3f})" for g, a_ in zip(r["ground truth"], r["all slots"])]
         lines.append(f"| {Path(r['run']).name} | {r['method']} | {r['day']} | {r['joint_recall']:.4f} | "
-                     + " | ".join(cells) + " |")
+                     + " | ".join(cells) + " | " + " | ".join(f"{k:+.3f}" for k in r["kappa"]) + " |")
     text = "\n".join(lines)
     print(text)
     if a.out:

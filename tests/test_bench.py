@@ -50,5 +50,7 @@ def test_icc_zones_by_hand():
     shares = iz.zone_shares(z, mask, 2, 2)
     assert shares["ground truth"] == [0.0, 0.5, 0.5]
     assert shares["all slots"] == pytest.approx([3 / 7, 2 / 7, 2 / 7])
+    s2[1, 1] = -5.0                               # row 1: stage 2's 2nd best valid score is 2
+    assert iz.cut_values([s1, s2], mask, (2, 2)) == [3.0, 2.5]
     assert iz.zone_names(("retrieval", "prerank")) == ["cut by retrieval", "dead (kept until prerank)",
                                                       "through"]
