@@ -13,15 +13,16 @@ validation day, and the next segment continues it (``--resume``: on the CPU exac
 uninterrupted run), so the curve costs no extra training.  After the last segment the run is
 evaluated as the launchers do (test day, validation day beside it).
 
-**Resumable.**  Each run's curve is kept in ``<out>/curves/<setting>/<method>/run-<id>.json``,
-written after every segment; a finished run is skipped, an interrupted one continues from its last
+**Resumable.**  Each run's curve (per point: validation joint recall, per-stage recall and the
+group flow) is kept in ``<out>/curves/<setting>/<method>/run-<id>.json``, written after every segment; a finished run is skipped, an interrupted one continues from its last
 checkpoint.  So the benchmark can be stopped (Ctrl-C, ``--max_segments``) and restarted, in as
 many sittings as it takes.  Progress lines give the time left, estimated from this sitting's
 seconds per training step of each setting.
 
 Writes ``<out>/fidelity.md`` (per setting: the ``collect`` table with mean ± std and run counts,
-the ``collect --compare`` table beside the paper's with Spearman ρ, and the steps at which the
-methods' mean validation curves cross), ``<out>/curves.csv`` and ``<out>/curves_<setting>.png``,
+the ``collect --compare`` table beside the paper's with Spearman ρ, where each method's cascade
+cuts fall on the test day by logged group, and the steps at which the methods' mean validation
+curves cross), ``<out>/curves.csv`` and ``<out>/curves_<setting>.png``,
 from whatever has finished (``--report``: only that).
 """
 from __future__ import annotations
@@ -181,7 +182,8 @@ class Bench:
         self.eval_s.append(time.perf_counter() - t0)
         m = folder.read_result("metrics", ("joint_recall", "stages"))
         point = {"step": target, "valid_joint_recall": m["joint_recall"],
-                 "stage_recall": {name: v["recall"] for name, v in m["stages"].items()}}
+                 "stage_recall": {name: v["recall"] for name, v in m["stages"].items()},
+                 "groups": {name: v["groups"] for name, v in m["stages"].items()}}
         st["points"].append(point)
         if target == self.total:
             self.check(*self.run("evaluate", self.common(setting, method, rid)),

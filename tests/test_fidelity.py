@@ -66,6 +66,8 @@ def test_the_grid_stops_resumes_and_matches_an_uninterrupted_run(tiny_root, tmp_
     assert [p["step"] for p in bce["points"]] == [4, 8] and bce["done"] and lcron["done"]
     for st in (bce, lcron):
         assert set(st["points"][0]["stage_recall"]) == {"retrieval", "prerank"}
+        flow = st["points"][-1]["groups"]["prerank"]             # where the cuts fell, per point
+        assert flow["rank_pos"]["survival"] == pytest.approx(st["points"][-1]["valid_joint_recall"], abs=5e-3)
         assert 0 < st["points"][-1]["valid_joint_recall"] <= 1
 
     # the stopped-and-resumed run gives the bits of one pass trained in one go
