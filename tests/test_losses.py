@@ -313,3 +313,27 @@ def test_a_new_method_is_one_class(monkeypatch):
     loss = registry.build_loss("listwise_demo", FOUR_STAGE)
     out = loss([torch.zeros(2, 50)] * 4, torch.zeros(2, 50), torch.ones(2, 50, dtype=torch.bool))
     assert float(out["loss"]) == pytest.approx(4 * math.log(50))      # logsumexp of 50 zeros
+
+
+def test_fs_ranknet_anchor_groups_keeps_the_first_groups_anchors_only():
+    """anchor_groups=1: per stage only L_0, the ground truth against every later slot (by hand);
+    every group but the last is the published loss; anything else is refused."""
+    import torch.nn.functional as F
+
+    spec = TWO_STAGE
+    logits, labels, mask = selfcheck_inputs(spec)
+    full = build_loss("fs_ranknet", spec)(logits, labels, mask)
+    assert build_loss("fs_ranknet", spec, anchor_groups=3)(logits, labels, mask)["loss"] == full["loss"]
+    one = build_loss("fs_ranknet", spec, anchor_groups=1)(logits, labels, mask)
+    m = mask.double()
+    for t, s in enumerate(logits):
+        s = s.double()
+        pair = F.softplus(s[:, 10:].unsqueeze(1) - s[:, :10].unsqueeze(2))      # [B, 10, 30]
+        pair = pair * m[:, :10].unsqueeze(-1) * m[:, 10:].unsqueeze(1)
+        want = pair.sum() / (30 * m[:, :10].sum())
+        got = one[f"ranknet/{spec.stages[t].name}"]
+        assert float(got) == pytest.approx(float(want), rel=1e-6)
+        assert float(got) < float(full[f"ranknet/{spec.stages[t].name}"])
+    for bad in (0, 4, 1.5, True):
+        with pytest.raises(ValueError, match="anchor_groups must be a whole number in \\[1, 3\\]"):
+            build_loss("fs_ranknet", spec, anchor_groups=bad)

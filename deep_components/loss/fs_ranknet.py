@@ -20,19 +20,30 @@ from .registry import register
 
 @register("fs_ranknet", display="FS-RankNet", paper_rank=4)
 class FSRankNetLoss(CascadeLoss):
-    OPTIONS = {"anchor_mask": True}
+    #: anchor_groups: how many groups anchor pairs (the first ones; None: every group but the
+    #: last, the method as published; 1: the ground truth against every negative only, an ablation)
+    OPTIONS = {"anchor_mask": True, "anchor_groups": None}
     SETTING_OPTIONS = ("anchor_mask",)
+
+    def __init__(self, spec, mask_mode: str = "per_slot", **options):
+        super().__init__(spec, mask_mode, **options)
+        n = self.opts["anchor_groups"]
+        if n is not None and (isinstance(n, bool) or not isinstance(n, int)
+                              or not 1 <= n <= spec.num_groups - 1):
+            raise ValueError(f"{self.name}: option anchor_groups must be a whole number in "
+                             f"[1, {spec.num_groups - 1}] for cascade spec {spec.name!r}, got {n!r}")
 
     def compute(self, logits: list[Tensor], labels: Tensor, mask: Tensor) -> dict:
         spec, per_slot = self.spec, self.per_slot
         g, G = spec.group_size, spec.num_groups
+        anchor_groups = self.opts["anchor_groups"] or G - 1
         m = mask.to(labels.dtype)
         B = labels.shape[0]
         out: dict = {}
         total = 0.0
         for t, s in enumerate(logits):
             stage = 0.0
-            for a in range(G - 1):
+            for a in range(anchor_groups):
                 anchors, opp = s[:, a * g:(a + 1) * g], s[:, (a + 1) * g:]
                 pair = F.softplus(opp.unsqueeze(1) - anchors.unsqueeze(2))     # [B, g, n_a]
                 w_anchor = m[:, a * g:(a + 1) * g]
