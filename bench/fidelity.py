@@ -253,6 +253,7 @@ class Bench:
         from deep_components.collect import collect, compare, load_metrics
         from deep_components.plot import plot_curves
 
+        self.out.mkdir(parents=True, exist_ok=True)
         parts, frames = [f"# Fidelity at {self.total} steps ({self.data_dir.name})", ""], []
         for setting in self.a.settings:
             runs = {(m, r): self.load_state(setting, m, r) for m in self.a.methods for r in self.a.run_ids}

@@ -96,6 +96,12 @@ def test_the_grid_stops_resumes_and_matches_an_uninterrupted_run(tiny_root, tmp_
     assert "validation joint recall" not in text.split("# Fidelity")[0]     # no segment ran
 
 
+def test_a_report_of_nothing_yet_says_so(tiny_root, tmp_path):
+    out = tmp_path / "not" / "there"
+    assert fidelity.main(_args(tiny_root, out, "--report"), fidelity.Runner(in_process=True)) == 0
+    assert "(0 of 2 runs finished)" in (out / "fidelity.md").read_text()
+
+
 def test_a_state_made_with_other_settings_is_refused(tiny_root, tmp_path):
     out = tmp_path / "fid"
     st = out / "curves" / "two_stage" / "bce"
