@@ -147,7 +147,9 @@ def to_markdown(df: pd.DataFrame, setting: str, title: str,
     lines = [f"**{title}** (mean ± std over runs)", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, r in df.iterrows():
-        cells = [r["method"]] + [f"{r[f'{t} mean']:.4f} ± {r[f'{t} std']:.4f}" for t, _ in cols]
+        one = int(r["runs"]) == 1                 # a single run has no spread to show
+        cells = [r["method"]] + [f"{r[f'{t} mean']:.4f}" + ("" if one else f" ± {r[f'{t} std']:.4f}")
+                                 for t, _ in cols]
         cells.append(str(int(r["runs"])))
         cells.append("–" if np.isnan(r["joint ci_low"]) else
                      f"[{r['joint ci_low']:.4f}, {r['joint ci_high']:.4f}]")
