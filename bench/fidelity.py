@@ -272,8 +272,11 @@ class Bench:
             frames.append(df)
             if not df.empty:
                 mean = df.groupby(["method", "step"])["valid_joint_recall"].agg(["mean", "min", "max"])
+                n_runs = df.groupby("method")["run_id"].nunique()
+                span = (f"{n_runs.min()}" if n_runs.min() == n_runs.max()
+                        else f"{n_runs.min()}–{n_runs.max()}")
                 plot_curves(mean.reset_index(), f"{setting}: validation joint recall along the pass "
-                            f"({self.data_dir.name}, {len(self.a.run_ids)} run(s) per method)",
+                            f"({self.data_dir.name}, {span} run(s) per method)",
                             self.out / f"curves_{setting}.png")
                 parts += ["Crossings of the mean validation curves (the later method is ahead after "
                           "the step):", ""] + crossings(mean["mean"].unstack("method")) + [""]
