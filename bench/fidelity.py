@@ -236,13 +236,18 @@ class Bench:
 
     # -- the report -------------------------------------------------------------------------
     def curves(self, setting: str):
-        """pandas DataFrame: setting, method, run_id, step, valid_joint_recall (every point)."""
+        """pandas DataFrame: setting, method, run_id, step, valid_joint_recall: every point of a
+        method's finished runs, as the tables count them (an unfinished run's early points would
+        pull its method's mean curve apart from its late ones); a method with no finished run
+        yet shows the points it has."""
         import pandas as pd
 
         rows = []
         for method in self.a.methods:
-            for rid in self.a.run_ids:
-                for pt in self.load_state(setting, method, rid)["points"]:
+            states = {rid: self.load_state(setting, method, rid) for rid in self.a.run_ids}
+            done = [rid for rid, st in states.items() if st["done"]]
+            for rid in done or self.a.run_ids:
+                for pt in states[rid]["points"]:
                     rows.append({"setting": setting, "method": method, "run_id": rid,
                                  "step": pt["step"], "valid_joint_recall": pt["valid_joint_recall"]})
         return pd.DataFrame(rows, columns=["setting", "method", "run_id", "step", "valid_joint_recall"])

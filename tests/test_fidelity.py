@@ -136,3 +136,5 @@ def test_the_report_counts_finished_runs_only_and_shows_where_the_cuts_fall(tiny
     assert cells[1] == pytest.approx(done["joint_recall"], abs=5e-4)       # full positive groups
     assert sum(cells[2:6]) == pytest.approx(1.0, abs=2e-3) and cells[0] >= cells[1]
     assert flow.endswith("| 1 |")
+    curves = pd.read_csv(out / "curves.csv")                        # the finished run's points only
+    assert set(curves["run_id"]) == {1} and list(curves["step"]) == [4, 8]
