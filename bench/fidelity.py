@@ -235,19 +235,18 @@ class Bench:
         return True
 
     # -- the report -------------------------------------------------------------------------
-    def curves(self, setting: str):
+    def curves(self, setting: str, runs: dict[tuple[str, int], dict]):
         """pandas DataFrame: setting, method, run_id, step, valid_joint_recall: every point of a
         method's finished runs, as the tables count them (an unfinished run's early points would
         pull its method's mean curve apart from its late ones); a method with no finished run
-        yet shows the points it has."""
+        yet shows the points it has.  ``runs``: (method, run id) -> the run's state."""
         import pandas as pd
 
         rows = []
         for method in self.a.methods:
-            states = {rid: self.load_state(setting, method, rid) for rid in self.a.run_ids}
-            done = [rid for rid, st in states.items() if st["done"]]
+            done = [rid for rid in self.a.run_ids if runs[method, rid]["done"]]
             for rid in done or self.a.run_ids:
-                for pt in states[rid]["points"]:
+                for pt in runs[method, rid]["points"]:
                     rows.append({"setting": setting, "method": method, "run_id": rid,
                                  "step": pt["step"], "valid_joint_recall": pt["valid_joint_recall"]})
         return pd.DataFrame(rows, columns=["setting", "method", "run_id", "step", "valid_joint_recall"])
@@ -273,7 +272,7 @@ class Bench:
                     parts += [md, "", compare([self.out], setting, done_methods, self.test_day), ""]
                     parts += group_flow_table(load_metrics(self.out, setting, done_methods,
                                                            self.test_day), setting)
-            df = self.curves(setting)
+            df = self.curves(setting, runs)
             frames.append(df)
             if not df.empty:
                 mean = df.groupby(["method", "step"])["valid_joint_recall"].agg(["mean", "min", "max"])
